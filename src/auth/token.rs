@@ -1,0 +1,370 @@
+//! Reading a token out of an auth server's answer: pure functions, table-tested.
+//!
+//! Customers' servers differ in where the token sits, whether numbers are strings, whether
+//! the expiry is relative or absolute and which scheme they want. Everything here is driven
+//! by the profile's JSONPaths and `expiration_format`; nothing is guessed beyond SPEC
+//! section 4's `auto` rule and the JWT `exp` fallback.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonpath_rust::parser::model::JpQuery;
+use secrecy::SecretString;
+use serde_json::Value;
+
+/// Used when neither the response nor the JWT says when the token expires.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// A token is never reused for longer than this, whatever its server says.
+pub const MAX_REUSE: Duration = Duration::from_secs(24 * 3600);
+
+/// A JSONPath (RFC 9535) parsed once at config load.
+#[derive(Clone)]
+pub struct FieldPath {
+    text: String,
+    query: JpQuery,
+}
+
+impl fmt::Debug for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FieldPath {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let query = jsonpath_rust::parser::parse_json_path(text).map_err(|e| e.to_string())?;
+        Ok(Self {
+            text: text.to_owned(),
+            query,
+        })
+    }
+
+    /// The first value the path selects, if any.
+    pub fn first<'a>(&self, value: &'a Value) -> Option<&'a Value> {
+        jsonpath_rust::query::js_path_process(&self.query, value)
+            .ok()?
+            .into_iter()
+            .next()
+            .map(|r| r.val())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpirationFormat {
+    Auto,
+    Seconds,
+    UnixSeconds,
+    UnixMillis,
+    Rfc3339,
+}
+
+impl ExpirationFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "auto" => Self::Auto,
+            "seconds" => Self::Seconds,
+            "unix_seconds" => Self::UnixSeconds,
+            "unix_millis" => Self::UnixMillis,
+            "rfc3339" => Self::Rfc3339,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the token, its expiry and its scheme sit in the response.
+#[derive(Debug, Clone)]
+pub struct ResponseShape {
+    pub token: FieldPath,
+    pub expiration: Option<FieldPath>,
+    pub expiration_format: ExpirationFormat,
+    pub token_type: Option<FieldPath>,
+    /// The JWT header `alg` the token must carry, if set.
+    pub algorithm: Option<String>,
+}
+
+/// What was read from a good response.
+pub struct Extracted {
+    pub token: SecretString,
+    pub scheme: String,
+    pub expires_at: SystemTime,
+}
+
+/// Why a 2xx response gave no usable token. The token itself is never part of it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ExtractError {
+    #[error("response is not JSON")]
+    NotJson,
+    #[error("no token at {path}{}", describe_server_error(.error, .description))]
+    NoToken {
+        path: String,
+        error: Option<String>,
+        description: Option<String>,
+    },
+    #[error("the value at {path} is {found}, not a string")]
+    TokenNotString { path: String, found: &'static str },
+    #[error("bad expiry at {path}: {reason}")]
+    BadExpiry { path: String, reason: String },
+    #[error("token is not a JWT, but auth_algorithm requires {expected}")]
+    NotJwt { expected: String },
+    #[error("token JWT alg is {found}, auth_algorithm requires {expected}")]
+    WrongAlgorithm { expected: String, found: String },
+}
+
+pub(crate) fn describe_server_error(error: &Option<String>, description: &Option<String>) -> String {
+    match (error, description) {
+        (None, None) => String::new(),
+        (e, d) => format!(
+            " (error: {}, error_description: {})",
+            e.as_deref().unwrap_or("-"),
+            d.as_deref().unwrap_or("-")
+        ),
+    }
+}
+
+/// RFC 6749 5.2 `error` and `error_description`, when the body carries them.
+pub fn rfc6749_error(body: &Value) -> (Option<String>, Option<String>) {
+    let field = |k: &str| body.get(k).and_then(Value::as_str).map(|s| clip(s, 200));
+    (field("error"), field("error_description"))
+}
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Read token, scheme and expiry from a 2xx body.
+pub fn extract(body: &[u8], shape: &ResponseShape, now: SystemTime) -> Result<Extracted, ExtractError> {
+    let json: Value = serde_json::from_slice(body).map_err(|_| ExtractError::NotJson)?;
+    let token = match shape.token.first(&json) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) | Some(Value::Null) | None => {
+            let (error, description) = rfc6749_error(&json);
+            return Err(ExtractError::NoToken {
+                path: shape.token.to_string(),
+                error,
+                description,
+            });
+        }
+        Some(other) => {
+            return Err(ExtractError::TokenNotString {
+                path: shape.token.to_string(),
+                found: kind(other),
+            });
+        }
+    };
+    let jwt = Jwt::read(&token);
+    if let Some(expected) = &shape.algorithm {
+        match jwt.as_ref().and_then(|j| j.alg.clone()) {
+            None => {
+                return Err(ExtractError::NotJwt {
+                    expected: expected.clone(),
+                });
+            }
+            Some(found) if &found != expected => {
+                return Err(ExtractError::WrongAlgorithm {
+                    expected: expected.clone(),
+                    found: clip(&found, 20),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let from_path = shape
+        .expiration
+        .as_ref()
+        .and_then(|p| p.first(&json).filter(|v| !v.is_null()).map(|v| (p, v)));
+    let expires_at = match from_path {
+        Some((path, value)) => {
+            parse_expiry(value, shape.expiration_format, now).map_err(|reason| {
+                ExtractError::BadExpiry {
+                    path: path.to_string(),
+                    reason,
+                }
+            })?
+        }
+        None => match jwt.and_then(|j| j.exp) {
+            Some(exp) => unix_seconds(exp as f64).ok_or_else(|| ExtractError::BadExpiry {
+                path: "JWT exp".into(),
+                reason: format!("{exp} is out of range"),
+            })?,
+            None => now + DEFAULT_LIFETIME,
+        },
+    };
+    if expires_at <= now {
+        return Err(ExtractError::BadExpiry {
+            path: from_path.map_or_else(|| "JWT exp".into(), |(p, _)| p.to_string()),
+            reason: "the token has already expired".into(),
+        });
+    }
+    let scheme = shape
+        .token_type
+        .as_ref()
+        .and_then(|p| p.first(&json))
+        .and_then(Value::as_str)
+        .map_or_else(|| "Bearer".to_owned(), normalize_scheme);
+    Ok(Extracted {
+        token: SecretString::from(token),
+        scheme,
+        expires_at,
+    })
+}
+
+/// `bearer` in any case is sent as `Bearer`; other schemes as the server spelled them. An
+/// empty or unusable scheme falls back to `Bearer`.
+pub fn normalize_scheme(raw: &str) -> String {
+    let s = raw.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("bearer") || !s.bytes().all(is_token_char) {
+        "Bearer".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// RFC 7230 `tchar`: what an HTTP auth scheme may be made of.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The expiry value at the configured path, as an absolute time.
+pub fn parse_expiry(value: &Value, format: ExpirationFormat, now: SystemTime) -> Result<SystemTime, String> {
+    let number = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        other => return Err(format!("expected a number or a string, found {}", kind(other))),
+    };
+    let text = value.as_str().map(str::trim);
+    let format = match (format, number) {
+        (ExpirationFormat::Auto, Some(n)) if n < 1e9 => ExpirationFormat::Seconds,
+        (ExpirationFormat::Auto, Some(n)) if n <= 1e12 => ExpirationFormat::UnixSeconds,
+        (ExpirationFormat::Auto, Some(_)) => ExpirationFormat::UnixMillis,
+        (ExpirationFormat::Auto, None) => ExpirationFormat::Rfc3339,
+        (f, _) => f,
+    };
+    let out_of_range = || format!("{} is out of range", clip(&value.to_string(), 40));
+    match (format, number) {
+        (ExpirationFormat::Rfc3339, _) => match text {
+            Some(t) => parse_rfc3339(t).ok_or_else(|| format!("{:?} is not an RFC 3339 time", clip(t, 40))),
+            None => Err("expected an RFC 3339 string".into()),
+        },
+        (_, None) => Err(format!("{} is not a number", clip(&value.to_string(), 40))),
+        (ExpirationFormat::Seconds, Some(n)) => {
+            if n <= 0.0 {
+                return Err(format!("lifetime {n} is not positive"));
+            }
+            Duration::try_from_secs_f64(n)
+                .ok()
+                .and_then(|d| now.checked_add(d))
+                .ok_or_else(out_of_range)
+        }
+        (ExpirationFormat::UnixSeconds, Some(n)) => unix_seconds(n).ok_or_else(out_of_range),
+        (ExpirationFormat::UnixMillis, Some(n)) => unix_seconds(n / 1000.0).ok_or_else(out_of_range),
+        (ExpirationFormat::Auto, Some(_)) => unreachable!("auto resolved above"),
+    }
+}
+
+fn unix_seconds(secs: f64) -> Option<SystemTime> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)
+}
+
+/// RFC 3339 with `Z` or a numeric offset (`2026-11-23T14:00:00+02:00`).
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let (base, offset_secs): (&str, i64) = if let Some(b) = text.strip_suffix(['Z', 'z']) {
+        (b, 0)
+    } else {
+        let split = text.len().checked_sub(6)?;
+        let (b, off) = text.split_at_checked(split)?;
+        let sign = match off.as_bytes()[0] {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let (h, m) = off[1..].split_once(':')?;
+        let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+        (b, sign * (h * 3600 + m * 60))
+    };
+    if !base.contains(['T', 't']) {
+        return None;
+    }
+    let local = humantime::parse_rfc3339_weak(base).ok()?;
+    if offset_secs >= 0 {
+        local.checked_sub(Duration::from_secs(offset_secs as u64))
+    } else {
+        local.checked_add(Duration::from_secs(offset_secs.unsigned_abs()))
+    }
+}
+
+/// The parts of a JWT this worker looks at. The signature is not verified: the token is
+/// the customer's own, opaque to us; `auth_algorithm` only guards against a wrong kind.
+#[derive(Debug, Default, PartialEq)]
+pub struct Jwt {
+    pub alg: Option<String>,
+    pub exp: Option<i64>,
+}
+
+impl Jwt {
+    /// `None` when the token is not three base64url JSON-object segments.
+    pub fn read(token: &str) -> Option<Jwt> {
+        let mut parts = token.split('.');
+        let (h, p, _s) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let decode = |seg: &str| -> Option<Value> {
+            let bytes = URL_SAFE_NO_PAD.decode(seg.trim_end_matches('=')).ok()?;
+            serde_json::from_slice::<Value>(&bytes).ok().filter(Value::is_object)
+        };
+        let header = decode(h)?;
+        let claims = decode(p)?;
+        Some(Jwt {
+            alg: header.get("alg").and_then(Value::as_str).map(str::to_owned),
+            exp: claims.get("exp").and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))),
+        })
+    }
+}
+
+/// RFC 6749 2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`.
+pub fn basic_credentials(client_id: &str, client_secret: &str) -> String {
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", enc(client_id), enc(client_secret)))
+    )
+}
+
+/// How long a token may be reused: until `margin` before it expires, or half its lifetime
+/// when that is under twice the margin; never more than [`MAX_REUSE`].
+pub fn reuse_for(lifetime: Duration, margin: Duration) -> Duration {
+    let reuse = if lifetime < margin.saturating_mul(2) {
+        lifetime / 2
+    } else {
+        lifetime - margin
+    };
+    reuse.min(MAX_REUSE)
+}
+
+#[cfg(test)]
+mod tests;

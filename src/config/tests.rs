@@ -1,0 +1,132 @@
+use std::path::Path;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+use crate::auth::Auth;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(text, Path::new("test.yaml"), |name| match name {
+        "SECRET" => Some("s3cr3t-value".into()),
+        _ => None,
+    })
+}
+
+const MINIMAL: &str = "profiles:\n  - id: a\n    url: http://127.0.0.1:1/cb\n";
+
+#[test]
+fn the_example_file_is_valid() {
+    let config = Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/dispatcher.yaml"))).unwrap();
+    assert_eq!(config.profiles.len(), 7);
+    assert!(matches!(config.profiles.get("infobip").unwrap().auth, Auth::OAuth2(_)));
+}
+
+#[test]
+fn defaults_match_the_spec() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.amqp.url.expose_secret(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!((c.amqp.queue.as_str(), c.amqp.exchange.as_str(), c.amqp.prefetch), ("callbacks", "callbacks", 256));
+    assert_eq!(c.delivery.concurrency, 256);
+    assert_eq!(c.delivery.timeout, Duration::from_secs(15));
+    assert_eq!(c.delivery.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.delivery.max_body_bytes, 1_048_576);
+    assert_eq!(c.retry, RetryPolicy::default());
+    assert_eq!(c.metrics.listen.to_string(), "0.0.0.0:9464");
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.profiles.get("a").unwrap().method, reqwest::Method::POST);
+}
+
+#[test]
+fn every_problem_is_listed_with_path_and_line() {
+    let text = "\
+delivery:
+  timeout: soon
+retry:
+  jitter: 1.5
+profiles:
+  - id: ok
+    url: http://127.0.0.1/x
+  - id: ok
+    url: ftp://nowhere
+    method: TRACE
+  - url: http://127.0.0.1/y
+    auth:
+      type: oauth2
+      grant_type: authorization_code
+      url: http://127.0.0.1/token
+      client_id: c
+      token_field_path: \"$$[\"
+";
+    let err = parse(text).unwrap_err();
+    let got: Vec<(String, Option<u64>)> = err.issues.iter().map(|i| (i.path.clone(), i.location.map(|l| l.0))).collect();
+    let want = [
+        ("delivery.timeout", Some(2)),
+        ("retry.jitter", Some(4)),
+        ("profiles[1].id", Some(8)),
+        ("profiles[1].url", Some(9)),
+        ("profiles[1].method", Some(10)),
+        ("profiles[2].id", Some(11)),
+        ("profiles[2].auth.grant_type", Some(14)),
+        ("profiles[2].auth.client_secret", Some(13)),
+        ("profiles[2].auth.token_field_path", Some(17)),
+    ];
+    let want: Vec<(String, Option<u64>)> = want.iter().map(|(p, l)| (p.to_string(), *l)).collect();
+    assert_eq!(got, want, "{err}");
+    let text = err.to_string();
+    assert!(text.starts_with("test.yaml: 9 configuration errors"), "{text}");
+    assert!(text.contains("user to sign in interactively through a redirect URL"), "{text}");
+}
+
+#[test]
+fn unsupported_grants_say_why() {
+    for grant in ["authorization_code", "pkce", "device_code", "refresh_token"] {
+        let text = format!(
+            "profiles:\n  - id: a\n    url: http://x/\n    auth: {{type: oauth2, grant_type: {grant}, url: http://x/t, client_id: c, client_secret: s}}\n"
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.issues.len(), 1, "{err}");
+        assert_eq!(err.issues[0].path, "profiles[0].auth.grant_type");
+        assert!(err.issues[0].message.contains("not supported"), "{err}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_have_a_location() {
+    let err = parse("amqp:\n  queue: q\n  prefech: 5\nprofiles: []\n").unwrap_err();
+    assert_eq!(err.issues.len(), 1);
+    assert_eq!(err.issues[0].location.map(|l| l.0), Some(3), "{err}");
+    assert!(err.issues[0].message.contains("prefech"), "{err}");
+}
+
+#[test]
+fn env_interpolation_and_missing_variables() {
+    let c = parse("amqp:\n  prefetch: ${UNSET_PREFETCH:-12}\nprofiles:\n  - id: a\n    url: http://h/\n    auth: {type: bearer, token: \"${SECRET}\"}\n").unwrap();
+    assert_eq!(c.amqp.prefetch, 12);
+    let err = parse("amqp:\n  url: ${NOPE}\nprofiles:\n  - id: a\n    url: ${ALSO_NOPE}\n").unwrap_err();
+    let names: Vec<_> = err.issues.iter().map(|i| (i.location.map(|l| l.0), i.message.split(' ').nth(2).unwrap().to_owned())).collect();
+    assert_eq!(names, vec![(Some(2), "NOPE".to_owned()), (Some(5), "ALSO_NOPE".to_owned())]);
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_debug() {
+    // A numeric secret where a string is expected, a bad signing secret, and a valid config.
+    let bad = "profiles:\n  - id: a\n    url: http://h/\n    signing: {secrets: [\"not base64 ${SECRET}\"]}\n    auth: {type: basic, username: u, password: 987654321}\n    timeout: nope\n";
+    let err = parse(bad).unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("s3cr3t-value") && !shown.contains("987654321"), "{shown}");
+    let good = "amqp: {url: \"amqp://u:s3cr3t-value@h:5672/%2f\"}\nprofiles:\n  - id: a\n    url: http://h/\n    signing: {secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}\n    auth: {type: oauth2, url: http://h/t, client_id: c, client_secret: \"${SECRET}\"}\n  - {id: b, url: \"http://h/\", auth: {type: bearer, token: \"${SECRET}\"}}\n  - {id: c, url: \"http://h/\", auth: {type: api_key, value: \"App ${SECRET}\"}}\n";
+    let config = parse(good).unwrap();
+    let debug = format!("{config:?}");
+    for secret in ["s3cr3t-value", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "czNjcjN0"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+}
+
+#[test]
+fn auth_keys_must_fit_the_type() {
+    let err = parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: bearer, token: t, client_id: c}\n").unwrap_err();
+    assert_eq!(err.issues[0].path, "profiles[0].auth.client_id");
+    assert!(err.issues[0].message.contains("does not apply to auth type bearer"));
+    let err = parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: basic, username: u}\n").unwrap_err();
+    assert_eq!(err.issues[0].path, "profiles[0].auth.password");
+}

@@ -1,0 +1,191 @@
+//! `dead-letters list` and `dead-letters replay`: look at and recover what could not be
+//! delivered, without losing any of it.
+//!
+//! Listing reads messages with `basic.get` (unacked) and then requeues all of them at once;
+//! the dead-letter queue is a classic queue, which puts requeued messages back in their
+//! original place, so listing neither consumes nor reorders. Replaying publishes each event
+//! back to the work queue with its retry headers removed, waits for the broker's confirm,
+//! and only then acks it off the dead-letter queue: a crash in between leaves it in both
+//! queues (delivered again with the same `webhook-id`), never in neither.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+
+use crate::broker;
+use crate::config::Config;
+use crate::event::{self, HEADER_ATTEMPT, HEADER_FIRST_ATTEMPT};
+use crate::settle::{HEADER_DEAD_REASON, HEADER_LAST_ERROR, HEADER_LAST_STATUS};
+use crate::topology::Topology;
+
+/// One dead-lettered event, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: String,
+    pub profile: String,
+    pub reason: String,
+    pub last_status: Option<i64>,
+    pub last_error: String,
+    pub attempts: u32,
+    /// Since it was dead-lettered.
+    pub age: Option<Duration>,
+    pub body_bytes: usize,
+}
+
+fn text_of(v: Option<&AMQPValue>) -> String {
+    match v {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "-".into(),
+    }
+}
+
+fn int_of(v: Option<&AMQPValue>) -> Option<i64> {
+    match v? {
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+fn describe(props: &BasicProperties, body_bytes: usize) -> DeadLetter {
+    let h = props.headers().as_ref();
+    let dead_at = int_of(event::header(h, "x-dead-at")).and_then(|ms| u64::try_from(ms).ok());
+    DeadLetter {
+        id: props.message_id().as_ref().map_or("-".into(), |s| s.to_string()),
+        profile: event::profile_of(h).unwrap_or_else(|_| "-".into()),
+        reason: text_of(event::header(h, HEADER_DEAD_REASON)),
+        last_status: int_of(event::header(h, HEADER_LAST_STATUS)),
+        last_error: text_of(event::header(h, HEADER_LAST_ERROR)),
+        attempts: event::attempts(h),
+        age: dead_at.and_then(|ms| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH + Duration::from_millis(ms))
+                .ok()
+        }),
+        body_bytes,
+    }
+}
+
+async fn open(config: &Config) -> anyhow::Result<(Connection, Channel, Topology, u32)> {
+    let conn = broker::connect(&config.amqp.url, "callback-dispatcher dead-letters")
+        .await
+        .with_context(|| format!("connecting to {}", broker::redacted(&config.amqp.url)))?;
+    let channel = conn.create_channel().await?;
+    let topology = Topology::new(config);
+    let queue = channel
+        .queue_declare(
+            topology.dead_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("queue {} does not exist yet (the worker declares it at start)", topology.dead_queue))?;
+    Ok((conn, channel, topology, queue.message_count()))
+}
+
+/// Up to `limit` dead letters, oldest first, left in place and in order.
+pub async fn list(config: &Config, limit: usize) -> anyhow::Result<(Vec<DeadLetter>, u32)> {
+    let (conn, channel, topology, total) = open(config).await?;
+    let mut out = Vec::new();
+    let mut last_tag = None;
+    while out.len() < limit {
+        let Some(msg) = channel
+            .basic_get(topology.dead_queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        last_tag = Some(msg.delivery.delivery_tag);
+        out.push(describe(&msg.delivery.properties, msg.delivery.data.len()));
+    }
+    if let Some(tag) = last_tag {
+        channel
+            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+            .await?;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok((out, total))
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Replayed {
+    pub moved: usize,
+    /// Looked at but left in place (another profile).
+    pub skipped: usize,
+}
+
+/// Move up to `limit` dead letters (of `profile`, if given) back to the work queue.
+pub async fn replay(config: &Config, profile: Option<&str>, limit: usize) -> anyhow::Result<Replayed> {
+    let (conn, channel, topology, total) = open(config).await?;
+    let publisher = conn.create_channel().await?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut done = Replayed::default();
+    let mut kept = None;
+    // At most the messages present at the start: events that fail again while we replay are
+    // not picked up a second time.
+    for _ in 0..total {
+        if done.moved >= limit {
+            break;
+        }
+        let Some(msg) = channel
+            .basic_get(topology.dead_queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        let d = msg.delivery;
+        let headers = d.properties.headers().as_ref();
+        if profile.is_some_and(|p| event::profile_of(headers).ok().as_deref() != Some(p)) {
+            kept = Some(d.delivery_tag);
+            done.skipped += 1;
+            continue;
+        }
+        let mut fresh = FieldTable::default();
+        for (k, v) in headers.map(|h| h.inner().iter()).into_iter().flatten() {
+            let name = k.as_str();
+            let retry_state = [HEADER_ATTEMPT, HEADER_FIRST_ATTEMPT, HEADER_DEAD_REASON, HEADER_LAST_STATUS, HEADER_LAST_ERROR, "x-dead-at"];
+            if !retry_state.contains(&name) && !name.starts_with("x-death") {
+                fresh.insert(k.clone(), v.clone());
+            }
+        }
+        let confirm = publisher
+            .basic_publish(
+                topology.exchange.as_str().into(),
+                topology.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &d.data,
+                d.properties.clone().with_headers(fresh),
+            )
+            .await?
+            .await?;
+        if confirm != Confirmation::Ack(None) {
+            bail!("the broker did not accept the replayed event {:?}; it stays dead-lettered", d.properties.message_id());
+        }
+        d.ack(BasicAckOptions::default()).await?;
+        done.moved += 1;
+    }
+    if let Some(tag) = kept {
+        // Unacked deliveries are still ours; give back the skipped ones, in order.
+        channel
+            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+            .await?;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(done)
+}

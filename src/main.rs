@@ -1,0 +1,160 @@
+//! The binary: parses the command line and calls the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use callback_dispatcher::config::{Config, LogFormat};
+use callback_dispatcher::{commands, dead_letters, publish};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "callback-dispatcher", version, about = "Delivers signed callbacks from RabbitMQ to customers' URLs, with OAuth 2.0 client-credentials tokens from their own auth servers.")]
+struct Cli {
+    /// The YAML configuration.
+    #[arg(long, global = true, env = "CALLBACK_DISPATCHER_CONFIG", default_value = "config/dispatcher.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM or SIGINT.
+    Run,
+    /// Load and validate the configuration: a summary and exit 0, or every error and exit 1.
+    CheckConfig,
+    /// Request a token for an oauth2 profile once and show its scheme and expiry (the token
+    /// itself cut to 6 characters). Exits 1 with the auth server's status and body on failure.
+    Token {
+        /// The profile id.
+        #[arg(long)]
+        profile: String,
+    },
+    /// Publish one event to the work queue, confirmed by the broker (the body from --file or stdin).
+    Publish {
+        /// The profile id (the `profile` header).
+        #[arg(long)]
+        profile: String,
+        /// The body; standard input when left out.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The event id (`message_id`, sent as `webhook-id`); generated when left out.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// The callback's Content-Type.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// Publish this many copies (ids get a -N suffix); for load runs.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Inspect or replay the dead-letter queue.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+}
+
+#[derive(Subcommand)]
+enum DeadLetters {
+    /// Show dead-lettered events with their reasons, without removing or reordering them.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Move dead-lettered events back to the work queue with their attempt count reset.
+    Replay {
+        /// Only this profile's events.
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+        limit: usize,
+    },
+}
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = match cli.command {
+        Command::Run => {
+            init_logs(config.log.format, "info");
+            callback_dispatcher::run(config, shutdown_signal()).await
+        }
+        Command::CheckConfig => {
+            println!("{}: {}", cli.config.display(), config.summary());
+            Ok(())
+        }
+        Command::Token { profile } => {
+            init_logs(LogFormat::Text, "warn");
+            commands::token(&config, &profile).await.map(|report| print!("{report}"))
+        }
+        Command::Publish { profile, file, message_id, content_type, count } => {
+            init_logs(LogFormat::Text, "warn");
+            let body = match file {
+                Some(f) => std::fs::read(&f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display())),
+                None => {
+                    let mut b = Vec::new();
+                    std::io::stdin().read_to_end(&mut b).map(|_| b).map_err(anyhow::Error::from)
+                }
+            };
+            match body {
+                Err(e) => Err(e),
+                Ok(body) => {
+                    let req = publish::Request { profile, body, message_id, content_type, count };
+                    publish::publish(&config, &req).await.map(|ids| match ids.as_slice() {
+                        [one] => println!("published {one}"),
+                        many => println!("published {} events ({} .. {})", many.len(), many[0], many[many.len() - 1]),
+                    })
+                }
+            }
+        }
+        Command::DeadLetters(DeadLetters::List { limit }) => {
+            init_logs(LogFormat::Text, "warn");
+            dead_letters::list(&config, limit)
+                .await
+                .map(|(rows, total)| print!("{}", commands::dead_letter_table(&rows, total)))
+        }
+        Command::DeadLetters(DeadLetters::Replay { profile, limit }) => {
+            init_logs(LogFormat::Text, "warn");
+            dead_letters::replay(&config, profile.as_deref(), limit)
+                .await
+                .map(|r| println!("replayed {} event(s) to the work queue; {} of other profiles left in place", r.moved, r.skipped))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `publish`: send events the way SPEC section 5 asks publishers to: to the exchange with the
+//! queue's routing key, persistent, with `profile`, `message_id`, `content_type` and
+//! `timestamp`, mandatory, and confirmed by the broker.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Confirmation};
+
+use crate::broker;
+use crate::config::Config;
+use crate::event::HEADER_PROFILE;
+use crate::topology::Topology;
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub profile: String,
+    pub body: Vec<u8>,
+    /// With `count > 1`, each copy gets `<id>-<n>`.
+    pub message_id: Option<String>,
+    pub content_type: String,
+    pub count: u32,
+}
+
+/// Publish and wait for every confirm; returns the message ids.
+pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<String>> {
+    if config.profiles.get(&req.profile).is_none() {
+        bail!("no profile {:?} in the configuration; the worker would dead-letter it (unknown_profile)", req.profile);
+    }
+    let conn = broker::connect(&config.amqp.url, "callback-dispatcher publish")
+        .await
+        .with_context(|| format!("connecting to {}", broker::redacted(&config.amqp.url)))?;
+    let channel = conn.create_channel().await?;
+    let topology = Topology::new(config);
+    topology.declare(&channel).await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let base = req
+        .message_id
+        .clone()
+        .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut headers = FieldTable::default();
+    headers.insert(HEADER_PROFILE.into(), AMQPValue::LongString(LongString::from(req.profile.as_str())));
+    let mut ids = Vec::with_capacity(req.count as usize);
+    let mut pending = Vec::with_capacity(req.count as usize);
+    for n in 1..=req.count.max(1) {
+        let id = if req.count > 1 { format!("{base}-{n}") } else { base.clone() };
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_content_type(req.content_type.as_str().into())
+            .with_timestamp(now)
+            .with_delivery_mode(2)
+            .with_headers(headers.clone());
+        let confirm = channel
+            .basic_publish(
+                topology.exchange.as_str().into(),
+                topology.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &req.body,
+                props,
+            )
+            .await?;
+        pending.push(confirm);
+        ids.push(id);
+    }
+    for confirm in pending {
+        match confirm.await? {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(_)) => bail!("the broker could not route the event to queue {}", topology.queue),
+            Confirmation::Nack(_) => bail!("the broker refused the event (nack)"),
+            Confirmation::NotRequested => unreachable!("confirms are on"),
+        }
+    }
+    let _ = channel.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(ids)
+}

@@ -1,0 +1,142 @@
+//! The broker objects the worker relies on, declared idempotently at every (re)connect:
+//! the exchange, the quorum work queue, one delay queue per declared delay and the
+//! dead-letter queue (SPEC section 5).
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ErrorKind, ExchangeKind};
+
+use crate::config::Config;
+
+/// Names and TTLs, derived from the config alone.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+    pub dead_queue: String,
+    /// Every delay queue's TTL in milliseconds, ascending.
+    pub delays_ms: Vec<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The object exists with other arguments; redeclaring cannot fix that.
+    #[error(
+        "{what} `{name}` already exists with other arguments ({detail}). The worker will not change it: \
+         drain and delete it (rabbitmqctl delete_queue {name}), or configure another amqp.queue / amqp.exchange name"
+    )]
+    Conflict { what: &'static str, name: String, detail: String },
+    #[error("declaring {what} `{name}`: {source}")]
+    Broker {
+        what: &'static str,
+        name: String,
+        source: lapin::Error,
+    },
+}
+
+impl TopologyError {
+    /// A conflict needs an operator; anything else may pass with a reconnect.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+impl Topology {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            exchange: config.amqp.exchange.clone(),
+            queue: config.amqp.queue.clone(),
+            dead_queue: format!("{}.dead", config.amqp.queue),
+            delays_ms: config.retry.delay_queue_ms(),
+        }
+    }
+
+    pub fn delay_queue(&self, ms: u64) -> String {
+        format!("{}.delay.{ms}", self.queue)
+    }
+
+    /// Every queue this topology owns, for clean-up and operator listings.
+    pub fn queues(&self) -> Vec<String> {
+        let mut all = vec![self.queue.clone(), self.dead_queue.clone()];
+        all.extend(self.delays_ms.iter().map(|&ms| self.delay_queue(ms)));
+        all
+    }
+
+    pub async fn declare(&self, channel: &Channel) -> Result<(), TopologyError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let wrap = |what: &'static str, name: &str| {
+            let name = name.to_owned();
+            move |source: lapin::Error| match source.kind() {
+                ErrorKind::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => {
+                    TopologyError::Conflict {
+                        what,
+                        name,
+                        detail: e.get_message().to_string(),
+                    }
+                }
+                _ => TopologyError::Broker { what, name, source },
+            }
+        };
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(wrap("exchange", &self.exchange))?;
+        channel
+            .queue_declare(self.queue.as_str().into(), durable, args(&[("x-queue-type", text("quorum"))]))
+            .await
+            .map_err(wrap("queue", &self.queue))?;
+        channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                self.queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(wrap("binding of queue", &self.queue))?;
+        // A classic queue: `dead-letters list` requeues what it reads, and a classic queue puts
+        // requeued messages back in their original place.
+        channel
+            .queue_declare(self.dead_queue.as_str().into(), durable, FieldTable::default())
+            .await
+            .map_err(wrap("queue", &self.dead_queue))?;
+        for &ms in &self.delays_ms {
+            let name = self.delay_queue(ms);
+            let arguments = args(&[
+                ("x-message-ttl", AMQPValue::LongLongInt(ms as i64)),
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text(&self.queue)),
+            ]);
+            channel
+                .queue_declare(name.as_str().into(), durable, arguments)
+                .await
+                .map_err(wrap("queue", &name))?;
+        }
+        Ok(())
+    }
+}
