@@ -1,0 +1,408 @@
+//! Shared test harness: real RabbitMQ (AMQP_URL, default local guest), real HTTP servers on
+//! 127.0.0.1 port 0, unique queue names per test, clean-up on drop (even after a panic).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode};
+use callback_dispatcher::config::Config;
+use callback_dispatcher::topology::Topology;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Poll `check` every 20 ms until it is true; panic with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------- HTTP servers
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self { status, headers: vec![], body: String::new(), delay: Duration::ZERO }
+    }
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Script = dyn Fn(usize, &Recorded) -> Reply + Send + Sync;
+
+/// An HTTP server on 127.0.0.1:0 that records every request and answers from a script:
+/// `script(n, request)` where n counts requests from 0.
+#[derive(Clone)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Server {
+    pub async fn start(script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static) -> Server {
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let script: Arc<Script> = Arc::new(script);
+        let recs = requests.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (recs, script) = (recs.clone(), script.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+                let rec = Recorded {
+                    method: parts.method,
+                    uri: parts.uri.to_string(),
+                    headers: parts.headers,
+                    body,
+                    at: Instant::now(),
+                };
+                let n = {
+                    let mut r = recs.lock().unwrap();
+                    r.push(rec.clone());
+                    r.len() - 1
+                };
+                let reply = script(n, &rec);
+                if !reply.delay.is_zero() {
+                    tokio::time::sleep(reply.delay).await;
+                }
+                let mut resp = axum::response::Response::new(axum::body::Body::from(reply.body));
+                *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                for (k, v) in reply.headers {
+                    resp.headers_mut().insert(
+                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Server { addr, requests }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn all(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Recorded> {
+        wait_until(limit, &format!("{n} request(s) at {}", self.addr), || async { self.count() >= n }).await;
+        self.all()
+    }
+}
+
+// ---------------------------------------------------------------- the worker, in process
+
+pub struct Running {
+    pub metrics_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        self.join.await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.metrics_addr)).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The Prometheus exposition, parsed.
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.get("/metrics").await.1)
+    }
+}
+
+/// Samples of a Prometheus text exposition: (name, sorted labels) -> value.
+pub struct Metrics(pub Vec<(String, Vec<(String, String)>, f64)>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_owned(), vec![]),
+                Some((n, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    let mut labels: Vec<(String, String)> = body
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|p| {
+                            let (k, v) = p.split_once('=').expect("label");
+                            (k.to_owned(), v.trim_matches('"').to_owned())
+                        })
+                        .collect();
+                    labels.sort();
+                    (n.to_owned(), labels)
+                }
+            };
+            out.push((name, labels, value.parse().expect("numeric sample")));
+        }
+        Metrics(out)
+    }
+
+    /// The value of `name` with exactly these labels, 0 when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        want.sort();
+        self.0
+            .iter()
+            .find(|(n, l, _)| n == name && *l == want)
+            .map_or(0.0, |(_, _, v)| *v)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.0.iter().map(|(n, _, _)| n.clone()).collect();
+        n.dedup();
+        n
+    }
+}
+
+// ---------------------------------------------------------------- broker side
+
+/// One test's queues: unique names, deleted when dropped.
+pub struct Env {
+    pub queue: String,
+    pub topology: Mutex<Option<Topology>>,
+}
+
+impl Env {
+    pub fn new(tag: &str) -> Env {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Env {
+            queue: format!("cdtest.{tag}.{}", &id[..8]),
+            topology: Mutex::new(None),
+        }
+    }
+
+    /// A full config: `retry` and `extra` sections as YAML, then the profiles.
+    pub fn yaml(&self, retry: &str, profiles: &str) -> String {
+        format!(
+            "amqp:\n  url: \"{}\"\n  queue: {q}\n  exchange: {q}\n  prefetch: 64\ndelivery:\n  concurrency: 64\n  timeout: 5s\n  connect_timeout: 1s\nretry:\n{retry}\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  format: text\nprofiles:\n{profiles}",
+            amqp_url(),
+            q = self.queue
+        )
+    }
+
+    pub fn config(&self, yaml: &str) -> Config {
+        let config = Config::from_yaml(yaml, Path::new("test.yaml"), |_| None).unwrap_or_else(|e| panic!("{e}"));
+        *self.topology.lock().unwrap() = Some(Topology::new(&config));
+        config
+    }
+
+    /// Start the worker in this process; returns once it is consuming.
+    pub async fn start(&self, config: Config) -> Running {
+        let worker = callback_dispatcher::Worker::bind(config).await.unwrap();
+        let metrics_addr = worker.metrics_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let join = tokio::spawn(worker.run(async move {
+            let _ = rx.await;
+        }));
+        let running = Running { metrics_addr, stop: Some(tx), join };
+        wait_until(Duration::from_secs(20), "worker ready", || async { running.get("/readyz").await.0 == 200 }).await;
+        running
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap()
+    }
+
+    /// Publish events to the work exchange with confirms. `build` sets properties per event.
+    pub async fn publish_many(&self, n: usize, build: impl Fn(usize) -> (BasicProperties, Vec<u8>)) {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let mut pending = Vec::new();
+        for i in 0..n {
+            let (props, body) = build(i);
+            pending.push(
+                ch.basic_publish(
+                    self.queue.as_str().into(),
+                    self.queue.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    &body,
+                    props.with_delivery_mode(2),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for p in pending {
+            assert_eq!(p.await.unwrap(), lapin::Confirmation::Ack(None));
+        }
+        conn.close(200, "".into()).await.unwrap();
+    }
+
+    pub async fn publish(&self, profile: Option<&str>, id: &str, body: &[u8]) {
+        let props = event_props(profile, id);
+        let body = body.to_vec();
+        self.publish_many(1, move |_| (props.clone(), body.clone())).await;
+    }
+
+    /// Take every message off the dead-letter queue.
+    pub async fn dead_letters(&self) -> Vec<lapin::message::Delivery> {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(format!("{}.dead", self.queue).as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+        {
+            m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+            out.push(m.delivery);
+        }
+        conn.close(200, "".into()).await.unwrap();
+        out
+    }
+
+    /// Wait until `n` dead letters arrived, and take them.
+    pub async fn wait_dead(&self, n: usize, limit: Duration) -> Vec<lapin::message::Delivery> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + limit;
+        while got.len() < n {
+            assert!(Instant::now() < deadline, "timed out waiting for {n} dead letters, have {}", got.len());
+            got.extend(self.dead_letters().await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        got
+    }
+
+    fn cleanup_blocking(&self) {
+        let Some(topology) = self.topology.lock().unwrap().take() else { return };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
+                let ch = conn.create_channel().await.unwrap();
+                for q in topology.queues() {
+                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                let _ = ch.exchange_delete(topology.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                let _ = conn.close(200, "".into()).await;
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.cleanup_blocking();
+    }
+}
+
+pub fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+pub fn event_props(profile: Option<&str>, id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(p) = profile {
+        headers.insert("profile".into(), text(p));
+    }
+    BasicProperties::default()
+        .with_message_id(id.into())
+        .with_headers(headers)
+}
+
+pub fn header_text(d: &lapin::message::Delivery, name: &str) -> Option<String> {
+    match d.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+pub fn header_int(d: &lapin::message::Delivery, name: &str) -> Option<i64> {
+    match d.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// A Standard Webhooks check written independently of the crate: HMAC-SHA256 over
+/// `{id}.{ts}.{body}` with the base64 key after `whsec_`.
+pub fn verify_signature(secret: &str, r: &Recorded) -> bool {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let id = r.header("webhook-id").unwrap();
+    let ts = r.header("webhook-timestamp").unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&r.body);
+    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    r.header("webhook-signature")
+        .unwrap()
+        .split(' ')
+        .any(|s| s == format!("v1,{want}"))
+}
