@@ -92,6 +92,13 @@ pub struct Server {
 
 impl Server {
     pub async fn start(script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static) -> Server {
+        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), script).await
+    }
+
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Server {
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let script: Arc<Script> = Arc::new(script);
         let recs = requests.clone();
@@ -127,7 +134,6 @@ impl Server {
                 resp
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Server { addr, requests }
@@ -275,6 +281,10 @@ impl Env {
     pub async fn publish_many(&self, n: usize, build: impl Fn(usize) -> (BasicProperties, Vec<u8>)) {
         let conn = self.connect().await;
         let ch = conn.create_channel().await.unwrap();
+        let topology = self.topology.lock().unwrap().clone();
+        if let Some(t) = topology {
+            t.declare(&ch).await.unwrap(); // as a publisher would; idempotent
+        }
         ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let mut pending = Vec::new();
         for i in 0..n {
@@ -405,4 +415,75 @@ pub fn verify_signature(secret: &str, r: &Recorded) -> bool {
         .unwrap()
         .split(' ')
         .any(|s| s == format!("v1,{want}"))
+}
+
+// ---------------------------------------------------------------- the worker as a process
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Process {
+    pub child: std::process::Child,
+    pub metrics_port: u16,
+    pub log: std::path::PathBuf,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl Process {
+    /// Run `callback-dispatcher run` with this YAML (its `metrics.listen` is replaced).
+    pub fn spawn(yaml: &str, rust_log: &str) -> Process {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::spawn_in(dir, yaml, rust_log)
+    }
+
+    pub fn spawn_in(dir: Arc<tempfile::TempDir>, yaml: &str, rust_log: &str) -> Process {
+        let port = free_port();
+        let yaml = yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+        let config = dir.path().join("dispatcher.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = dir.path().join(format!("worker-{port}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_callback-dispatcher"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", rust_log)
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Process { child, metrics_port: port, log, _dir: dir }
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.metrics_port)).await.ok()?;
+        Some((resp.status().as_u16(), resp.text().await.ok()?))
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_until(Duration::from_secs(30), "worker process ready", || async {
+            matches!(self.get("/readyz").await, Some((200, _)))
+        })
+        .await;
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
