@@ -8,7 +8,11 @@ pub fn redacted(url: &SecretString) -> String {
     match url.expose_secret().parse::<lapin::uri::AMQPUri>() {
         Ok(u) => format!(
             "{}://{}:{}/{}",
-            if u.scheme == lapin::uri::AMQPScheme::AMQPS { "amqps" } else { "amqp" },
+            if u.scheme == lapin::uri::AMQPScheme::AMQPS {
+                "amqps"
+            } else {
+                "amqp"
+            },
             u.authority.host,
             u.authority.port,
             u.vhost

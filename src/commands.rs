@@ -32,7 +32,10 @@ pub async fn token(config: &Config, profile_id: &str) -> anyhow::Result<String> 
     match oauth.fetch(&client).await {
         Ok(t) => Ok(report(profile_id, oauth.url.as_str(), &t)),
         Err(e) => {
-            let mut out = format!("profile {profile_id}: token request to {} failed: {e}", origin(&oauth.url));
+            let mut out = format!(
+                "profile {profile_id}: token request to {} failed: {e}",
+                origin(&oauth.url)
+            );
             if let AuthError::Status { body, .. } = &e {
                 out.push_str(&format!("\nerror body: {}", body.0.trim()));
             }
@@ -46,8 +49,13 @@ fn origin(url: &reqwest::Url) -> String {
 }
 
 fn report(profile_id: &str, _url: &str, t: &Token) -> String {
-    let remaining = t.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
-    let reuse = t.reuse_until.saturating_duration_since(std::time::Instant::now());
+    let remaining = t
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let reuse = t
+        .reuse_until
+        .saturating_duration_since(std::time::Instant::now());
     format!(
         "profile: {profile_id}\nscheme:  {}\ntoken:   {}\nexpires: {} (in {})\nreused:  for {} before a refresh\n",
         t.scheme,
@@ -74,7 +82,9 @@ pub fn dead_letter_table(rows: &[DeadLetter], total: u32) -> String {
     );
     for r in rows {
         let status = r.last_status.map_or("-".into(), |s| s.to_string());
-        let age = r.age.map_or("-".into(), |a| humantime::format_duration(round_secs(a)).to_string());
+        let age = r.age.map_or("-".into(), |a| {
+            humantime::format_duration(round_secs(a)).to_string()
+        });
         let error: String = r.last_error.chars().take(120).collect();
         out.push_str(&format!(
             "{:<36} {:<16} {:<18} {:>6} {:>8} {:>10}  {}\n",

@@ -11,7 +11,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
@@ -58,7 +61,10 @@ fn describe(props: &BasicProperties, body_bytes: usize) -> DeadLetter {
     let h = props.headers().as_ref();
     let dead_at = int_of(event::header(h, "x-dead-at")).and_then(|ms| u64::try_from(ms).ok());
     DeadLetter {
-        id: props.message_id().as_ref().map_or("-".into(), |s| s.to_string()),
+        id: props
+            .message_id()
+            .as_ref()
+            .map_or("-".into(), |s| s.to_string()),
         profile: event::profile_of(h).unwrap_or_else(|_| "-".into()),
         reason: text_of(event::header(h, HEADER_DEAD_REASON)),
         last_status: int_of(event::header(h, HEADER_LAST_STATUS)),
@@ -89,7 +95,12 @@ async fn open(config: &Config) -> anyhow::Result<(Connection, Channel, Topology,
             FieldTable::default(),
         )
         .await
-        .with_context(|| format!("queue {} does not exist yet (the worker declares it at start)", topology.dead_queue))?;
+        .with_context(|| {
+            format!(
+                "queue {} does not exist yet (the worker declares it at start)",
+                topology.dead_queue
+            )
+        })?;
     Ok((conn, channel, topology, queue.message_count()))
 }
 
@@ -100,7 +111,10 @@ pub async fn list(config: &Config, limit: usize) -> anyhow::Result<(Vec<DeadLett
     let mut last_tag = None;
     while out.len() < limit {
         let Some(msg) = channel
-            .basic_get(topology.dead_queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                topology.dead_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await?
         else {
             break;
@@ -110,7 +124,13 @@ pub async fn list(config: &Config, limit: usize) -> anyhow::Result<(Vec<DeadLett
     }
     if let Some(tag) = last_tag {
         channel
-            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
             .await?;
     }
     let _ = channel.close(200, "done".into()).await;
@@ -127,10 +147,16 @@ pub struct Replayed {
 }
 
 /// Move up to `limit` dead letters (of `profile`, if given) back to the work queue.
-pub async fn replay(config: &Config, profile: Option<&str>, limit: usize) -> anyhow::Result<Replayed> {
+pub async fn replay(
+    config: &Config,
+    profile: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Replayed> {
     let (conn, channel, topology, total) = open(config).await?;
     let publisher = conn.create_channel().await?;
-    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let mut done = Replayed::default();
     let mut kept = None;
     // At most the messages present at the start: events that fail again while we replay are
@@ -140,7 +166,10 @@ pub async fn replay(config: &Config, profile: Option<&str>, limit: usize) -> any
             break;
         }
         let Some(msg) = channel
-            .basic_get(topology.dead_queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                topology.dead_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await?
         else {
             break;
@@ -155,7 +184,14 @@ pub async fn replay(config: &Config, profile: Option<&str>, limit: usize) -> any
         let mut fresh = FieldTable::default();
         for (k, v) in headers.map(|h| h.inner().iter()).into_iter().flatten() {
             let name = k.as_str();
-            let retry_state = [HEADER_ATTEMPT, HEADER_FIRST_ATTEMPT, HEADER_DEAD_REASON, HEADER_LAST_STATUS, HEADER_LAST_ERROR, "x-dead-at"];
+            let retry_state = [
+                HEADER_ATTEMPT,
+                HEADER_FIRST_ATTEMPT,
+                HEADER_DEAD_REASON,
+                HEADER_LAST_STATUS,
+                HEADER_LAST_ERROR,
+                "x-dead-at",
+            ];
             if !retry_state.contains(&name) && !name.starts_with("x-death") {
                 fresh.insert(k.clone(), v.clone());
             }
@@ -174,7 +210,10 @@ pub async fn replay(config: &Config, profile: Option<&str>, limit: usize) -> any
             .await?
             .await?;
         if confirm != Confirmation::Ack(None) {
-            bail!("the broker did not accept the replayed event {:?}; it stays dead-lettered", d.properties.message_id());
+            bail!(
+                "the broker did not accept the replayed event {:?}; it stays dead-lettered",
+                d.properties.message_id()
+            );
         }
         d.ack(BasicAckOptions::default()).await?;
         done.moved += 1;
@@ -182,7 +221,13 @@ pub async fn replay(config: &Config, profile: Option<&str>, limit: usize) -> any
     if let Some(tag) = kept {
         // Unacked deliveries are still ours; give back the skipped ones, in order.
         channel
-            .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
             .await?;
     }
     let _ = channel.close(200, "done".into()).await;

@@ -82,7 +82,10 @@ pub fn profile_of(headers: Option<&FieldTable>) -> Result<String, String> {
         Some(v) => match as_text(v) {
             Some(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
             Some(_) => Err("the `profile` header is empty".into()),
-            None => Err(format!("the `profile` header must be a string, not {}", type_name(v))),
+            None => Err(format!(
+                "the `profile` header must be a string, not {}",
+                type_name(v)
+            )),
         },
     }
 }
@@ -101,7 +104,12 @@ fn type_name(v: &AMQPValue) -> &'static str {
 }
 
 /// Read a delivery's properties and body into an event.
-pub fn read(props: &BasicProperties, body: Bytes, max_body: usize, now: SystemTime) -> Result<Event, Rejected> {
+pub fn read(
+    props: &BasicProperties,
+    body: Bytes,
+    max_body: usize,
+    now: SystemTime,
+) -> Result<Event, Rejected> {
     let headers = props.headers().as_ref();
     let profile = profile_of(headers).map_err(|error| Rejected {
         reason: DeadReason::MissingProfile,
@@ -111,7 +119,10 @@ pub fn read(props: &BasicProperties, body: Bytes, max_body: usize, now: SystemTi
     if body.len() > max_body {
         return Err(Rejected {
             reason: DeadReason::PayloadTooLarge,
-            error: format!("body of {} bytes exceeds delivery.max_body_bytes ({max_body})", body.len()),
+            error: format!(
+                "body of {} bytes exceeds delivery.max_body_bytes ({max_body})",
+                body.len()
+            ),
             profile: Some(profile),
         });
     }
@@ -192,15 +203,32 @@ mod tests {
         let now = SystemTime::now();
         let cases: Vec<(BasicProperties, Result<&str, DeadReason>)> = vec![
             (props(&[(HEADER_PROFILE, text("acme"))]), Ok("acme")),
-            (props(&[(HEADER_PROFILE, AMQPValue::ShortString("acme".into()))]), Ok("acme")),
+            (
+                props(&[(HEADER_PROFILE, AMQPValue::ShortString("acme".into()))]),
+                Ok("acme"),
+            ),
             (props(&[]), Err(DeadReason::MissingProfile)),
             (BasicProperties::default(), Err(DeadReason::MissingProfile)),
-            (props(&[(HEADER_PROFILE, AMQPValue::LongInt(5))]), Err(DeadReason::MissingProfile)),
-            (props(&[(HEADER_PROFILE, text(" "))]), Err(DeadReason::MissingProfile)),
-            (props(&[(HEADER_PROFILE, AMQPValue::LongString(LongString::from(vec![0xff, 0xfe])))]), Err(DeadReason::MissingProfile)),
+            (
+                props(&[(HEADER_PROFILE, AMQPValue::LongInt(5))]),
+                Err(DeadReason::MissingProfile),
+            ),
+            (
+                props(&[(HEADER_PROFILE, text(" "))]),
+                Err(DeadReason::MissingProfile),
+            ),
+            (
+                props(&[(
+                    HEADER_PROFILE,
+                    AMQPValue::LongString(LongString::from(vec![0xff, 0xfe])),
+                )]),
+                Err(DeadReason::MissingProfile),
+            ),
         ];
         for (p, want) in cases {
-            let got = read(&p, Bytes::from_static(b"{}"), 10, now).map(|e| e.profile).map_err(|r| r.reason);
+            let got = read(&p, Bytes::from_static(b"{}"), 10, now)
+                .map(|e| e.profile)
+                .map_err(|r| r.reason);
             assert_eq!(got, want.map(str::to_owned), "{p:?}");
         }
     }
@@ -217,11 +245,17 @@ mod tests {
         assert_eq!(big.reason, DeadReason::PayloadTooLarge);
         assert_eq!(big.profile.as_deref(), Some("acme"));
 
-        let p = props(&[(HEADER_PROFILE, text("acme")), (HEADER_FIRST_ATTEMPT, AMQPValue::LongLongInt(999_000_000))])
-            .with_message_id("evt-1".into())
-            .with_content_type("text/plain".into());
+        let p = props(&[
+            (HEADER_PROFILE, text("acme")),
+            (HEADER_FIRST_ATTEMPT, AMQPValue::LongLongInt(999_000_000)),
+        ])
+        .with_message_id("evt-1".into())
+        .with_content_type("text/plain".into());
         let e = read(&p, Bytes::new(), 10, now).unwrap();
-        assert_eq!((e.id.as_str(), e.content_type.as_str()), ("evt-1", "text/plain"));
+        assert_eq!(
+            (e.id.as_str(), e.content_type.as_str()),
+            ("evt-1", "text/plain")
+        );
         assert_eq!(e.born, UNIX_EPOCH + Duration::from_secs(999_000));
         let e = read(&p.with_timestamp(5), Bytes::new(), 10, now).unwrap();
         assert_eq!(e.born, UNIX_EPOCH + Duration::from_secs(5));

@@ -16,7 +16,10 @@ pub fn client(connect_timeout: Duration, timeout: Duration) -> reqwest::Client {
 }
 
 /// Read at most `cap` bytes of a response body; the rest is never downloaded.
-pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
     let mut out = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = cap - out.len();

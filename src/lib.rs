@@ -75,50 +75,61 @@ impl Dispatcher {
         let body = Bytes::from(std::mem::take(&mut delivery.data));
 
         // consume -> resolve profile -> (authenticate -> sign -> send) -> decide
-        let (event, profile, settlement) =
-            match event::read(&delivery.properties, body.clone(), self.config.delivery.max_body_bytes, now) {
-                Err(rejected) => {
-                    let profile = rejected.profile.as_deref().and_then(|id| self.config.profiles.get(id)).cloned();
+        let (event, profile, settlement) = match event::read(
+            &delivery.properties,
+            body.clone(),
+            self.config.delivery.max_body_bytes,
+            now,
+        ) {
+            Err(rejected) => {
+                let profile = rejected
+                    .profile
+                    .as_deref()
+                    .and_then(|id| self.config.profiles.get(id))
+                    .cloned();
+                let dead = Settlement::DeadLetter {
+                    reason: rejected.reason,
+                    status: None,
+                    error: rejected.error,
+                    attempts: event::attempts(delivery.properties.headers().as_ref()),
+                };
+                (None, profile, dead)
+            }
+            Ok(event) => match self.config.profiles.get(&event.profile).cloned() {
+                None => {
                     let dead = Settlement::DeadLetter {
-                        reason: rejected.reason,
+                        reason: DeadReason::UnknownProfile,
                         status: None,
-                        error: rejected.error,
-                        attempts: event::attempts(delivery.properties.headers().as_ref()),
+                        error: format!("no profile {:?} in the configuration", event.profile),
+                        attempts: event.attempts_before,
                     };
-                    (None, profile, dead)
+                    (Some(event), None, dead)
                 }
-                Ok(event) => match self.config.profiles.get(&event.profile).cloned() {
-                    None => {
-                        let dead = Settlement::DeadLetter {
-                            reason: DeadReason::UnknownProfile,
-                            status: None,
-                            error: format!("no profile {:?} in the configuration", event.profile),
-                            attempts: event.attempts_before,
-                        };
-                        (Some(event), None, dead)
-                    }
-                    Some(profile) => {
-                        let attempts = event.attempts_before.saturating_add(1);
-                        let result = self.attempt(&profile, &event).await;
-                        let age = now.duration_since(event.born).unwrap_or_default();
-                        let unit = rand::random::<f64>();
-                        let settlement = settle::decide(
-                            result,
-                            attempts,
-                            age,
-                            &self.config.retry,
-                            &self.topology.delays_ms,
-                            unit,
-                        );
-                        (Some(event), Some(profile), settlement)
-                    }
-                },
-            };
+                Some(profile) => {
+                    let attempts = event.attempts_before.saturating_add(1);
+                    let result = self.attempt(&profile, &event).await;
+                    let age = now.duration_since(event.born).unwrap_or_default();
+                    let unit = rand::random::<f64>();
+                    let settlement = settle::decide(
+                        result,
+                        attempts,
+                        age,
+                        &self.config.retry,
+                        &self.topology.delays_ms,
+                        unit,
+                    );
+                    (Some(event), Some(profile), settlement)
+                }
+            },
+        };
 
         // settle
         let label = profile.as_ref().map_or(NO_PROFILE, |p| &p.id);
         let id = event.as_ref().map_or("-", |e| e.id.as_str());
-        match settler.apply(&delivery, &body, event.as_ref(), &settlement).await {
+        match settler
+            .apply(&delivery, &body, event.as_ref(), &settlement)
+            .await
+        {
             Ok(()) => {
                 self.metrics
                     .deliveries
@@ -126,7 +137,9 @@ impl Dispatcher {
                     .inc();
                 log_settled(id, label, &settlement, started.elapsed());
             }
-            Err(e) => tracing::warn!(event_id = id, profile = label, error = %e, "settlement not confirmed; the event stays on the queue"),
+            Err(e) => {
+                tracing::warn!(event_id = id, profile = label, error = %e, "settlement not confirmed; the event stays on the queue")
+            }
         }
     }
 
@@ -153,14 +166,19 @@ impl Dispatcher {
                     };
                 }
             };
-            let (sent, took) = send::send(&self.client, profile, event, credential.as_ref(), timeout).await;
+            let (sent, took) =
+                send::send(&self.client, profile, event, credential.as_ref(), timeout).await;
             attempts(sent.class());
             self.metrics
                 .delivery_duration
                 .with_label_values(&[&profile.id])
                 .observe(took.as_secs_f64());
             let (status, retry_after, snippet) = match sent {
-                send::Sent::Answered { status, retry_after, snippet } => (status, retry_after, snippet),
+                send::Sent::Answered {
+                    status,
+                    retry_after,
+                    snippet,
+                } => (status, retry_after, snippet),
                 send::Sent::Failed { error, .. } => {
                     return AttemptResult::Retryable {
                         status: None,
@@ -178,12 +196,25 @@ impl Dispatcher {
                         refreshed = true;
                         continue;
                     }
-                    return AttemptResult::Retryable { status: Some(status), retry_after, error: error() };
+                    return AttemptResult::Retryable {
+                        status: Some(status),
+                        retry_after,
+                        error: error(),
+                    };
                 }
                 Verdict::Unauthorized | Verdict::Retry => {
-                    return AttemptResult::Retryable { status: Some(status), retry_after, error: error() };
+                    return AttemptResult::Retryable {
+                        status: Some(status),
+                        retry_after,
+                        error: error(),
+                    };
                 }
-                Verdict::Permanent => return AttemptResult::Permanent { status, error: error() },
+                Verdict::Permanent => {
+                    return AttemptResult::Permanent {
+                        status,
+                        error: error(),
+                    };
+                }
             }
         }
     }
@@ -210,7 +241,12 @@ fn log_settled(id: &str, profile: &str, settlement: &Settlement, took: Duration)
             duration_ms = ms,
             "event settled"
         ),
-        Settlement::DeadLetter { reason, status, error, attempts } => tracing::info!(
+        Settlement::DeadLetter {
+            reason,
+            status,
+            error,
+            attempts,
+        } => tracing::info!(
             event_id = id,
             profile,
             attempt = attempts,

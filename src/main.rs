@@ -10,10 +10,19 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "callback-dispatcher", version, about = "Delivers signed callbacks from RabbitMQ to customers' URLs, with OAuth 2.0 client-credentials tokens from their own auth servers.")]
+#[command(
+    name = "callback-dispatcher",
+    version,
+    about = "Delivers signed callbacks from RabbitMQ to customers' URLs, with OAuth 2.0 client-credentials tokens from their own auth servers."
+)]
 struct Cli {
     /// The YAML configuration.
-    #[arg(long, global = true, env = "CALLBACK_DISPATCHER_CONFIG", default_value = "config/dispatcher.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CALLBACK_DISPATCHER_CONFIG",
+        default_value = "config/dispatcher.yaml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -73,8 +82,11 @@ enum DeadLetters {
 }
 
 fn init_logs(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -82,7 +94,8 @@ fn init_logs(format: LogFormat, default_level: &str) {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -90,7 +103,7 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::FAILURE
@@ -115,25 +128,51 @@ async fn main() -> ExitCode {
         }
         Command::Token { profile } => {
             init_logs(LogFormat::Text, "warn");
-            commands::token(&config, &profile).await.map(|report| print!("{report}"))
+            commands::token(&config, &profile)
+                .await
+                .map(|report| print!("{report}"))
         }
-        Command::Publish { profile, file, message_id, content_type, count } => {
+        Command::Publish {
+            profile,
+            file,
+            message_id,
+            content_type,
+            count,
+        } => {
             init_logs(LogFormat::Text, "warn");
             let body = match file {
-                Some(f) => std::fs::read(&f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display())),
+                Some(f) => {
+                    std::fs::read(&f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))
+                }
                 None => {
                     let mut b = Vec::new();
-                    std::io::stdin().read_to_end(&mut b).map(|_| b).map_err(anyhow::Error::from)
+                    std::io::stdin()
+                        .read_to_end(&mut b)
+                        .map(|_| b)
+                        .map_err(anyhow::Error::from)
                 }
             };
             match body {
                 Err(e) => Err(e),
                 Ok(body) => {
-                    let req = publish::Request { profile, body, message_id, content_type, count };
-                    publish::publish(&config, &req).await.map(|ids| match ids.as_slice() {
-                        [one] => println!("published {one}"),
-                        many => println!("published {} events ({} .. {})", many.len(), many[0], many[many.len() - 1]),
-                    })
+                    let req = publish::Request {
+                        profile,
+                        body,
+                        message_id,
+                        content_type,
+                        count,
+                    };
+                    publish::publish(&config, &req)
+                        .await
+                        .map(|ids| match ids.as_slice() {
+                            [one] => println!("published {one}"),
+                            many => println!(
+                                "published {} events ({} .. {})",
+                                many.len(),
+                                many[0],
+                                many[many.len() - 1]
+                            ),
+                        })
                 }
             }
         }

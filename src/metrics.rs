@@ -2,7 +2,10 @@
 //! profile ids of the config (or [`NO_PROFILE`]) and the `as_str` of the outcome enums, so the
 //! number of series is bounded.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 /// The profile label of events that name no known profile. Parentheses cannot occur in a
 /// profile id, so it never collides with one.
@@ -78,10 +81,14 @@ impl TokenOutcome {
 }
 
 /// Buckets for HTTP callbacks: from 5 ms to well past the default 15 s timeout.
-const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0];
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
+];
 
 pub struct Metrics {
     registry: Registry,
+    /// Every family's `# HELP`/`# TYPE` lines, so a family with no series yet still shows.
+    headers: Vec<(String, String)>,
     pub events_consumed: IntCounter,
     pub deliveries: IntCounterVec,
     pub delivery_attempts: IntCounterVec,
@@ -108,11 +115,17 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let name = |n: &str| format!("callback_dispatcher_{n}");
-        let counter = |n: &str, help: &str| IntCounter::with_opts(Opts::new(name(n), help)).unwrap();
-        let counter_vec = |n: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name(n), help), labels).unwrap();
+        let counter =
+            |n: &str, help: &str| IntCounter::with_opts(Opts::new(name(n), help)).unwrap();
+        let counter_vec = |n: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name(n), help), labels).unwrap()
+        };
         let gauge = |n: &str, help: &str| IntGauge::with_opts(Opts::new(name(n), help)).unwrap();
-        let m = Self {
-            events_consumed: counter("events_consumed_total", "Events received from the work queue."),
+        let mut m = Self {
+            events_consumed: counter(
+                "events_consumed_total",
+                "Events received from the work queue.",
+            ),
             deliveries: counter_vec(
                 "deliveries_total",
                 "Settled events by outcome: delivered, retry_scheduled, dead_lettered.",
@@ -124,8 +137,11 @@ impl Metrics {
                 &["profile", "result"],
             ),
             delivery_duration: HistogramVec::new(
-                HistogramOpts::new(name("delivery_duration_seconds"), "Duration of one callback HTTP attempt.")
-                    .buckets(DURATION_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    name("delivery_duration_seconds"),
+                    "Duration of one callback HTTP attempt.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
                 &["profile"],
             )
             .unwrap(),
@@ -142,6 +158,7 @@ impl Metrics {
             inflight: gauge("inflight_deliveries", "Deliveries being processed now."),
             amqp_connected: gauge("amqp_connected", "1 while connected to the broker, else 0."),
             registry,
+            headers: Vec::new(),
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
             Box::new(m.events_consumed.clone()),
@@ -153,7 +170,26 @@ impl Metrics {
             Box::new(m.inflight.clone()),
             Box::new(m.amqp_connected.clone()),
         ];
-        for c in collectors {
+        let kinds = [
+            "counter",
+            "counter",
+            "counter",
+            "histogram",
+            "counter",
+            "counter",
+            "gauge",
+            "gauge",
+        ];
+        for (c, kind) in collectors.into_iter().zip(kinds) {
+            for d in c.desc() {
+                m.headers.push((
+                    d.fq_name.clone(),
+                    format!(
+                        "# HELP {} {}\n# TYPE {} {kind}\n",
+                        d.fq_name, d.help, d.fq_name
+                    ),
+                ));
+            }
             m.registry.register(c).expect("metric names are unique");
         }
         m
@@ -161,10 +197,17 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let families = self.registry.gather();
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .expect("text encoding does not fail");
-        String::from_utf8(out).expect("exposition is UTF-8")
+        let mut text = String::from_utf8(out).expect("exposition is UTF-8");
+        for (name, header) in &self.headers {
+            if !families.iter().any(|f| f.name() == name) {
+                text.push_str(header);
+            }
+        }
+        text
     }
 }

@@ -27,7 +27,10 @@ pub struct Request {
 /// Publish and wait for every confirm; returns the message ids.
 pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<String>> {
     if config.profiles.get(&req.profile).is_none() {
-        bail!("no profile {:?} in the configuration; the worker would dead-letter it (unknown_profile)", req.profile);
+        bail!(
+            "no profile {:?} in the configuration; the worker would dead-letter it (unknown_profile)",
+            req.profile
+        );
     }
     let conn = broker::connect(&config.amqp.url, "callback-dispatcher publish")
         .await
@@ -35,18 +38,27 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
     let channel = conn.create_channel().await?;
     let topology = Topology::new(config);
     topology.declare(&channel).await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let base = req
         .message_id
         .clone()
         .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut headers = FieldTable::default();
-    headers.insert(HEADER_PROFILE.into(), AMQPValue::LongString(LongString::from(req.profile.as_str())));
+    headers.insert(
+        HEADER_PROFILE.into(),
+        AMQPValue::LongString(LongString::from(req.profile.as_str())),
+    );
     let mut ids = Vec::with_capacity(req.count as usize);
     let mut pending = Vec::with_capacity(req.count as usize);
     for n in 1..=req.count.max(1) {
-        let id = if req.count > 1 { format!("{base}-{n}") } else { base.clone() };
+        let id = if req.count > 1 {
+            format!("{base}-{n}")
+        } else {
+            base.clone()
+        };
         let props = BasicProperties::default()
             .with_message_id(id.as_str().into())
             .with_content_type(req.content_type.as_str().into())
@@ -71,7 +83,10 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
     for confirm in pending {
         match confirm.await? {
             Confirmation::Ack(None) => {}
-            Confirmation::Ack(Some(_)) => bail!("the broker could not route the event to queue {}", topology.queue),
+            Confirmation::Ack(Some(_)) => bail!(
+                "the broker could not route the event to queue {}",
+                topology.queue
+            ),
             Confirmation::Nack(_) => bail!("the broker refused the event (nack)"),
             Confirmation::NotRequested => unreachable!("confirms are on"),
         }

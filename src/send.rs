@@ -100,7 +100,8 @@ pub async fn send(
         req = req
             .header(
                 CONTENT_TYPE,
-                HeaderValue::from_str(&event.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                HeaderValue::from_str(&event.content_type)
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
             )
             .body(event.body.clone());
         &event.body
@@ -112,7 +113,10 @@ pub async fn send(
         req = req.header(c.header.clone(), c.value.clone());
     }
     if let Some(signer) = &profile.signer {
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
         req = req
             .header("webhook-id", event.id.as_str())
             .header("webhook-timestamp", ts)
@@ -131,13 +135,23 @@ pub async fn send(
             let snippet = if (200..300).contains(&status) {
                 String::new()
             } else {
-                let bytes = http::read_capped(resp, ERROR_SNIPPET).await.unwrap_or_default();
+                let bytes = http::read_capped(resp, ERROR_SNIPPET)
+                    .await
+                    .unwrap_or_default();
                 String::from_utf8_lossy(&bytes).into_owned()
             };
-            Sent::Answered { status, retry_after, snippet }
+            Sent::Answered {
+                status,
+                retry_after,
+                snippet,
+            }
         }
         Err(e) => Sent::Failed {
-            class: if e.is_timeout() { AttemptClass::Timeout } else { AttemptClass::ConnectError },
+            class: if e.is_timeout() {
+                AttemptClass::Timeout
+            } else {
+                AttemptClass::ConnectError
+            },
             error: http::describe(e),
         },
     };
@@ -184,7 +198,11 @@ mod tests {
             ("soon", None),
             ("-1", None),
         ] {
-            assert_eq!(parse_retry_after(raw, now), want.map(Duration::from_secs), "{raw}");
+            assert_eq!(
+                parse_retry_after(raw, now),
+                want.map(Duration::from_secs),
+                "{raw}"
+            );
         }
     }
 
@@ -193,7 +211,11 @@ mod tests {
         let got = query_params(br#"{"a":"x y","n":1.5,"b":true,"z":null,"o":{"k":1},"l":[1]}"#);
         assert_eq!(
             got,
-            vec![("a".into(), "x y".into()), ("b".into(), "true".into()), ("n".into(), "1.5".into())]
+            vec![
+                ("a".into(), "x y".into()),
+                ("b".into(), "true".into()),
+                ("n".into(), "1.5".into())
+            ]
         );
         assert!(query_params(b"not json").is_empty());
         assert!(query_params(b"[1,2]").is_empty());

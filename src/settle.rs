@@ -49,20 +49,31 @@ impl DeadReason {
 /// The result of an attempt (authenticate + sign + send), as settling sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
-    Delivered { status: u16 },
+    Delivered {
+        status: u16,
+    },
     Retryable {
         status: Option<u16>,
         retry_after: Option<Duration>,
         error: String,
     },
-    Permanent { status: u16, error: String },
+    Permanent {
+        status: u16,
+        error: String,
+    },
 }
 
 /// What to do with the delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
-    Delivered { status: u16, attempts: u32 },
-    Retry { plan: RetryPlan, attempts: u32 },
+    Delivered {
+        status: u16,
+        attempts: u32,
+    },
+    Retry {
+        plan: RetryPlan,
+        attempts: u32,
+    },
     DeadLetter {
         reason: DeadReason,
         status: Option<u16>,
@@ -99,7 +110,11 @@ pub fn decide(
             error,
             attempts,
         },
-        AttemptResult::Retryable { status, retry_after, error } => {
+        AttemptResult::Retryable {
+            status,
+            retry_after,
+            error,
+        } => {
             let reason = if attempts >= policy.max_attempts {
                 DeadReason::MaxAttempts
             } else if age >= policy.max_age {
@@ -137,7 +152,10 @@ fn headers_without_broker_trace(props: &BasicProperties) -> FieldTable {
     if let Some(h) = props.headers() {
         for (k, v) in h.inner() {
             let name = k.as_str();
-            if !(name.starts_with("x-death") || name.starts_with("x-first-death") || name.starts_with("x-last-death")) {
+            if !(name.starts_with("x-death")
+                || name.starts_with("x-first-death")
+                || name.starts_with("x-last-death"))
+            {
                 out.insert(k.clone(), v.clone());
             }
         }
@@ -157,7 +175,12 @@ pub struct Settler<'a> {
 
 impl Settler<'_> {
     /// Publish and require a routed, confirmed publish.
-    async fn publish(&self, queue: &str, body: &[u8], props: BasicProperties) -> Result<(), SettleError> {
+    async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), SettleError> {
         let confirm = self
             .publisher
             .basic_publish(
@@ -176,7 +199,9 @@ impl Settler<'_> {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(SettleError::Unroutable(queue.to_owned())),
             Confirmation::Nack(_) => Err(SettleError::Nacked),
-            Confirmation::NotRequested => unreachable!("confirms are on for the publishing channel"),
+            Confirmation::NotRequested => {
+                unreachable!("confirms are on for the publishing channel")
+            }
         }
     }
 
@@ -192,34 +217,62 @@ impl Settler<'_> {
             Settlement::Delivered { .. } => Ok(()),
             Settlement::Retry { plan, attempts } => {
                 let mut headers = headers_without_broker_trace(&delivery.properties);
-                headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongInt(clamp_i32(*attempts)));
-                let mut props = delivery.properties.clone().with_expiration(plan.expiration_ms.to_string().into());
+                headers.insert(
+                    HEADER_ATTEMPT.into(),
+                    AMQPValue::LongInt(clamp_i32(*attempts)),
+                );
+                let mut props = delivery
+                    .properties
+                    .clone()
+                    .with_expiration(plan.expiration_ms.to_string().into());
                 if let Some(e) = event {
                     props = props.with_message_id(e.id.as_str().into());
                     if delivery.properties.timestamp().is_none() {
-                        let ms = e.first_attempt.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-                        headers.insert(HEADER_FIRST_ATTEMPT.into(), AMQPValue::LongLongInt(ms as i64));
+                        let ms = e
+                            .first_attempt
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis();
+                        headers.insert(
+                            HEADER_FIRST_ATTEMPT.into(),
+                            AMQPValue::LongLongInt(ms as i64),
+                        );
                     }
                 }
                 let queue = self.topology.delay_queue(plan.queue_delay_ms);
-                self.publish(&queue, body, props.with_headers(headers)).await
+                self.publish(&queue, body, props.with_headers(headers))
+                    .await
             }
-            Settlement::DeadLetter { reason, status, error, attempts } => {
+            Settlement::DeadLetter {
+                reason,
+                status,
+                error,
+                attempts,
+            } => {
                 let mut headers = headers_without_broker_trace(&delivery.properties);
                 headers.insert(HEADER_DEAD_REASON.into(), text(reason.as_str()));
                 match status {
-                    Some(s) => headers.insert(HEADER_LAST_STATUS.into(), AMQPValue::LongInt(i32::from(*s))),
+                    Some(s) => {
+                        headers.insert(HEADER_LAST_STATUS.into(), AMQPValue::LongInt(i32::from(*s)))
+                    }
                     None => headers.insert(HEADER_LAST_STATUS.into(), AMQPValue::Void),
                 };
                 headers.insert(HEADER_LAST_ERROR.into(), text(error));
-                headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongInt(clamp_i32(*attempts)));
+                headers.insert(
+                    HEADER_ATTEMPT.into(),
+                    AMQPValue::LongInt(clamp_i32(*attempts)),
+                );
                 let mut props = delivery.properties.clone();
                 if let Some(e) = event {
                     props = props.with_message_id(e.id.as_str().into());
                 }
-                let dead_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+                let dead_at = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
                 headers.insert("x-dead-at".into(), AMQPValue::LongLongInt(dead_at as i64));
-                self.publish(&self.topology.dead_queue, body, props.with_headers(headers)).await
+                self.publish(&self.topology.dead_queue, body, props.with_headers(headers))
+                    .await
             }
         };
         match result {
@@ -272,10 +325,29 @@ mod tests {
             attempts,
         };
         let cases = [
-            (AttemptResult::Delivered { status: 204 }, 1, young, Settlement::Delivered { status: 204, attempts: 1 }),
-            (AttemptResult::Delivered { status: 200 }, 3, old, Settlement::Delivered { status: 200, attempts: 3 }),
             (
-                AttemptResult::Permanent { status: 400, error: "bad".into() },
+                AttemptResult::Delivered { status: 204 },
+                1,
+                young,
+                Settlement::Delivered {
+                    status: 204,
+                    attempts: 1,
+                },
+            ),
+            (
+                AttemptResult::Delivered { status: 200 },
+                3,
+                old,
+                Settlement::Delivered {
+                    status: 200,
+                    attempts: 3,
+                },
+            ),
+            (
+                AttemptResult::Permanent {
+                    status: 400,
+                    error: "bad".into(),
+                },
                 1,
                 young,
                 dead(DeadReason::PermanentStatus, Some(400), "bad", 1),
@@ -285,7 +357,10 @@ mod tests {
                 1,
                 young,
                 Settlement::Retry {
-                    plan: RetryPlan { queue_delay_ms: 5000, expiration_ms: 5000 },
+                    plan: RetryPlan {
+                        queue_delay_ms: 5000,
+                        expiration_ms: 5000,
+                    },
                     attempts: 1,
                 },
             ),
@@ -294,16 +369,38 @@ mod tests {
                 2,
                 young,
                 Settlement::Retry {
-                    plan: RetryPlan { queue_delay_ms: 15000, expiration_ms: 15000 },
+                    plan: RetryPlan {
+                        queue_delay_ms: 15000,
+                        expiration_ms: 15000,
+                    },
                     attempts: 2,
                 },
             ),
-            (retryable(), 3, young, dead(DeadReason::MaxAttempts, Some(503), "HTTP 503", 3)),
-            (retryable(), 9, young, dead(DeadReason::MaxAttempts, Some(503), "HTTP 503", 9)),
-            (retryable(), 1, old, dead(DeadReason::Expired, Some(503), "HTTP 503", 1)),
+            (
+                retryable(),
+                3,
+                young,
+                dead(DeadReason::MaxAttempts, Some(503), "HTTP 503", 3),
+            ),
+            (
+                retryable(),
+                9,
+                young,
+                dead(DeadReason::MaxAttempts, Some(503), "HTTP 503", 9),
+            ),
+            (
+                retryable(),
+                1,
+                old,
+                dead(DeadReason::Expired, Some(503), "HTTP 503", 1),
+            ),
         ];
         for (result, attempts, age, want) in cases {
-            assert_eq!(decide(result.clone(), attempts, age, &policy, &declared, 0.5), want, "{result:?} #{attempts}");
+            assert_eq!(
+                decide(result.clone(), attempts, age, &policy, &declared, 0.5),
+                want,
+                "{result:?} #{attempts}"
+            );
         }
     }
 }

@@ -26,7 +26,11 @@ pub enum TopologyError {
         "{what} `{name}` already exists with other arguments ({detail}). The worker will not change it: \
          drain and delete it (rabbitmqctl delete_queue {name}), or configure another amqp.queue / amqp.exchange name"
     )]
-    Conflict { what: &'static str, name: String, detail: String },
+    Conflict {
+        what: &'static str,
+        name: String,
+        detail: String,
+    },
     #[error("declaring {what} `{name}`: {source}")]
     Broker {
         what: &'static str,
@@ -83,7 +87,9 @@ impl Topology {
         let wrap = |what: &'static str, name: &str| {
             let name = name.to_owned();
             move |source: lapin::Error| match source.kind() {
-                ErrorKind::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => {
+                ErrorKind::ProtocolError(e)
+                    if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
+                {
                     TopologyError::Conflict {
                         what,
                         name,
@@ -106,7 +112,11 @@ impl Topology {
             .await
             .map_err(wrap("exchange", &self.exchange))?;
         channel
-            .queue_declare(self.queue.as_str().into(), durable, args(&[("x-queue-type", text("quorum"))]))
+            .queue_declare(
+                self.queue.as_str().into(),
+                durable,
+                args(&[("x-queue-type", text("quorum"))]),
+            )
             .await
             .map_err(wrap("queue", &self.queue))?;
         channel
@@ -122,7 +132,11 @@ impl Topology {
         // A classic queue: `dead-letters list` requeues what it reads, and a classic queue puts
         // requeued messages back in their original place.
         channel
-            .queue_declare(self.dead_queue.as_str().into(), durable, FieldTable::default())
+            .queue_declare(
+                self.dead_queue.as_str().into(),
+                durable,
+                FieldTable::default(),
+            )
             .await
             .map_err(wrap("queue", &self.dead_queue))?;
         for &ms in &self.delays_ms {

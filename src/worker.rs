@@ -20,7 +20,9 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::Semaphore;
@@ -96,7 +98,9 @@ impl Worker {
 
     /// Where `/metrics`, `/healthz` and `/readyz` answer.
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -104,9 +108,15 @@ impl Worker {
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Worker { supervisor, listener } = self;
+        let Worker {
+            supervisor,
+            listener,
+        } = self;
         let server_stop = CancellationToken::new();
-        let app = server::router(supervisor.dispatcher.metrics.clone(), supervisor.health.clone());
+        let app = server::router(
+            supervisor.dispatcher.metrics.clone(),
+            supervisor.health.clone(),
+        );
         let server = tokio::spawn(
             axum::serve(listener, app)
                 .with_graceful_shutdown(server_stop.clone().cancelled_owned())
@@ -136,7 +146,7 @@ impl Supervisor {
                 .build()
         };
         let mut delays = backoff();
-        let result = loop {
+        loop {
             let connected = tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break Ok(()),
@@ -150,7 +160,9 @@ impl Supervisor {
                         delays = backoff();
                         why
                     }
-                    Err(SessionError::Topology(e)) if e.is_conflict() => break Err(anyhow::Error::new(e)),
+                    Err(SessionError::Topology(e)) if e.is_conflict() => {
+                        break Err(anyhow::Error::new(e));
+                    }
                     Err(e) => {
                         let _ = conn.close(200, "session failed".into()).await;
                         e.to_string()
@@ -164,17 +176,22 @@ impl Supervisor {
                 () = shutdown.as_mut() => break Ok(()),
                 () = tokio::time::sleep(wait) => {}
             }
-        };
-        result
+        }
     }
 
     /// One connection's life: declare, consume, dispatch, until shutdown or loss.
-    async fn session<F: Future<Output = ()>>(&self, conn: &Connection, shutdown: &mut Pin<&mut F>) -> Result<End, SessionError> {
+    async fn session<F: Future<Output = ()>>(
+        &self,
+        conn: &Connection,
+        shutdown: &mut Pin<&mut F>,
+    ) -> Result<End, SessionError> {
         let d = &self.dispatcher;
         let consumer_channel = conn.create_channel().await?;
         d.topology.declare(&consumer_channel).await?;
         let publisher = conn.create_channel().await?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         consumer_channel
             .basic_qos(d.config.amqp.prefetch, BasicQosOptions::default())
             .await?;
@@ -224,19 +241,36 @@ impl Supervisor {
         d.metrics.amqp_connected.set(0);
         tracker.close();
         if let End::Shutdown = end {
-            self.drain(conn, &consumer_channel, &publisher, &tag, &tracker).await;
+            self.drain(conn, &consumer_channel, &publisher, &tag, &tracker)
+                .await;
         }
         Ok(end)
     }
 
     /// Stop consuming, give in-flight deliveries up to `delivery.timeout` to settle, close.
     /// Whatever has not settled by then returns to the queue when the channel closes.
-    async fn drain(&self, conn: &Connection, consumer: &Channel, publisher: &Channel, tag: &str, tracker: &TaskTracker) {
+    async fn drain(
+        &self,
+        conn: &Connection,
+        consumer: &Channel,
+        publisher: &Channel,
+        tag: &str,
+        tracker: &TaskTracker,
+    ) {
         let limit = self.dispatcher.config.delivery.timeout;
-        let _ = consumer.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
-        tracing::info!(in_flight = tracker.len(), limit_ms = limit.as_millis() as u64, "shutting down: settling deliveries in flight");
+        let _ = consumer
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await;
+        tracing::info!(
+            in_flight = tracker.len(),
+            limit_ms = limit.as_millis() as u64,
+            "shutting down: settling deliveries in flight"
+        );
         if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
-            tracing::warn!(unsettled = tracker.len(), "shutdown limit reached; unsettled events return to the queue");
+            tracing::warn!(
+                unsettled = tracker.len(),
+                "shutdown limit reached; unsettled events return to the queue"
+            );
         }
         let _ = consumer.close(200, "shutdown".into()).await;
         let _ = publisher.close(200, "shutdown".into()).await;

@@ -14,11 +14,16 @@ static SERIAL: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn count_env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn profile(url: &str) -> String {
-    format!("  - id: load\n    url: \"{url}\"\n    signing: {{secrets: [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]}}\n")
+    format!(
+        "  - id: load\n    url: \"{url}\"\n    signing: {{secrets: [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]}}\n"
+    )
 }
 
 /// Requests per webhook-id.
@@ -34,8 +39,13 @@ async fn publish_load(env: &Env, n: usize, tag: &str) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
         let (start, len) = (chunk[0], chunk.len());
         let tag = tag.to_owned();
-        env.publish_many(len, move |i| (event_props(Some("load"), &format!("{tag}-{}", start + i)), br#"{"n":1}"#.to_vec()))
-            .await;
+        env.publish_many(len, move |i| {
+            (
+                event_props(Some("load"), &format!("{tag}-{}", start + i)),
+                br#"{"n":1}"#.to_vec(),
+            )
+        })
+        .await;
     }
 }
 
@@ -44,7 +54,11 @@ fn close_all_connections() {
         .args(["close_all_connections", "test: forced close"])
         .output()
         .expect("rabbitmqctl runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +67,10 @@ async fn kill_9_under_load_then_restart_delivers_every_event_at_least_once() {
     let n = count_env("CD_KILL9_EVENTS", 3000);
     let receiver = Server::start(|_, _| Reply::status(200).after(Duration::from_millis(1))).await;
     let env = Env::new("kill9");
-    let yaml = env.yaml("  initial_delay: 100ms\n  max_delay: 1s\n", &profile(&receiver.url("/")));
+    let yaml = env.yaml(
+        "  initial_delay: 100ms\n  max_delay: 1s\n",
+        &profile(&receiver.url("/")),
+    );
     env.config(&yaml);
     publish_load(&env, n, "k9").await;
     let mut first = Process::spawn(&yaml, "warn");
@@ -62,17 +79,32 @@ async fn kill_9_under_load_then_restart_delivers_every_event_at_least_once() {
     first.child.wait().unwrap();
     let at_kill = receiver.count();
     let second = Process::spawn(&yaml, "warn");
-    wait_until(Duration::from_secs(120), "every event delivered", || async { per_id(&receiver).len() == n }).await;
+    wait_until(
+        Duration::from_secs(120),
+        "every event delivered",
+        || async { per_id(&receiver).len() == n },
+    )
+    .await;
     // Let anything in flight settle, then look for leftovers.
     wait_until(LIMIT, "in-flight gauge back to 0", || async {
-        second.get("/metrics").await.is_some_and(|(_, m)| Metrics::parse(&m).value("callback_dispatcher_inflight_deliveries", &[]) == 0.0)
+        second.get("/metrics").await.is_some_and(|(_, m)| {
+            Metrics::parse(&m).value("callback_dispatcher_inflight_deliveries", &[]) == 0.0
+        })
     })
     .await;
     let total = receiver.count();
     let duplicates = total - n;
-    println!("kill -9: published {n}, delivered {n} distinct, {at_kill} requests before the kill, {duplicates} duplicate(s), 0 dead-lettered");
-    assert!(env.dead_letters().await.is_empty(), "nothing is dead-lettered");
-    assert!(duplicates <= 64, "duplicates ({duplicates}) are bounded by prefetch (64)");
+    println!(
+        "kill -9: published {n}, delivered {n} distinct, {at_kill} requests before the kill, {duplicates} duplicate(s), 0 dead-lettered"
+    );
+    assert!(
+        env.dead_letters().await.is_empty(),
+        "nothing is dead-lettered"
+    );
+    assert!(
+        duplicates <= 64,
+        "duplicates ({duplicates}) are bounded by prefetch (64)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +113,10 @@ async fn sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing() {
     let n = 200;
     let receiver = Server::start(|_, _| Reply::status(200).after(Duration::from_millis(300))).await;
     let env = Env::new("sigterm");
-    let yaml = env.yaml("  initial_delay: 100ms\n  max_delay: 1s\n", &profile(&receiver.url("/")));
+    let yaml = env.yaml(
+        "  initial_delay: 100ms\n  max_delay: 1s\n",
+        &profile(&receiver.url("/")),
+    );
     env.config(&yaml);
     publish_load(&env, n, "st").await;
     let mut worker = Process::spawn(&yaml, "info");
@@ -90,15 +125,31 @@ async fn sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing() {
     worker.signal("TERM");
     let status = worker.child.wait().unwrap();
     let took = t0.elapsed();
-    println!("SIGTERM: exited {status} after {took:?} with {} request(s) made", receiver.count());
-    assert!(status.success(), "exit status {status}; logs:\n{}", worker.logs());
-    assert!(took < Duration::from_secs(5 + 10), "shutdown is bounded by delivery.timeout (5s) plus a margin: {took:?}");
+    println!(
+        "SIGTERM: exited {status} after {took:?} with {} request(s) made",
+        receiver.count()
+    );
+    assert!(
+        status.success(),
+        "exit status {status}; logs:\n{}",
+        worker.logs()
+    );
+    assert!(
+        took < Duration::from_secs(5 + 10),
+        "shutdown is bounded by delivery.timeout (5s) plus a margin: {took:?}"
+    );
     let logs = worker.logs();
     assert!(logs.contains("settling deliveries in flight"), "{logs}");
     let restarted = Process::spawn(&yaml, "warn");
-    wait_until(LIMIT, "all delivered after restart", || async { per_id(&receiver).len() == n }).await;
+    wait_until(LIMIT, "all delivered after restart", || async {
+        per_id(&receiver).len() == n
+    })
+    .await;
     drop(restarted);
-    println!("SIGTERM: published {n}, delivered {n} distinct, {} duplicate(s)", receiver.count() - n);
+    println!(
+        "SIGTERM: published {n}, delivered {n} distinct, {} duplicate(s)",
+        receiver.count() - n
+    );
     assert!(env.dead_letters().await.is_empty());
 }
 
@@ -108,7 +159,10 @@ async fn forced_connection_closes_twice_the_worker_reconnects_and_delivers_every
     let n = count_env("CD_RECONNECT_EVENTS", 2000);
     let receiver = Server::start(|_, _| Reply::status(200).after(Duration::from_millis(1))).await;
     let env = Env::new("reconnect");
-    let yaml = env.yaml("  initial_delay: 100ms\n  max_delay: 1s\n", &profile(&receiver.url("/")));
+    let yaml = env.yaml(
+        "  initial_delay: 100ms\n  max_delay: 1s\n",
+        &profile(&receiver.url("/")),
+    );
     let worker = env.start(env.config(&yaml)).await;
 
     // Watch readiness continuously, to see it drop and come back.
@@ -134,14 +188,26 @@ async fn forced_connection_closes_twice_the_worker_reconnects_and_delivers_every
     for round in 1..=2 {
         receiver.wait_for(round * n / 4, LIMIT).await;
         close_all_connections();
-        wait_until(LIMIT, "ready again", || async { worker.get("/readyz").await.0 == 200 }).await;
+        wait_until(LIMIT, "ready again", || async {
+            worker.get("/readyz").await.0 == 200
+        })
+        .await;
     }
     publish_load(&env, n - n / 2, "rc2").await;
-    wait_until(LIMIT, "every event delivered", || async { per_id(&receiver).len() == n }).await;
+    wait_until(LIMIT, "every event delivered", || async {
+        per_id(&receiver).len() == n
+    })
+    .await;
     watcher.abort();
     let transitions = seen.lock().unwrap().clone();
-    println!("reconnect: published {n}, delivered {n} distinct, {} duplicate(s); /readyz went {transitions:?}", receiver.count() - n);
-    assert!(transitions.iter().filter(|&&s| s == 503).count() >= 2, "/readyz must drop to 503 on each close: {transitions:?}");
+    println!(
+        "reconnect: published {n}, delivered {n} distinct, {} duplicate(s); /readyz went {transitions:?}",
+        receiver.count() - n
+    );
+    assert!(
+        transitions.iter().filter(|&&s| s == 503).count() >= 2,
+        "/readyz must drop to 503 on each close: {transitions:?}"
+    );
     assert_eq!(transitions.last(), Some(&200));
     assert!(env.dead_letters().await.is_empty());
     worker.stop().await.unwrap();
@@ -155,16 +221,31 @@ async fn receiver_down_then_back_events_wait_in_delay_queues_and_all_arrive() {
     let port = free_port(); // nothing listens there yet: connection refused
     let env = Env::new("down");
     let retry = "  max_attempts: 30\n  initial_delay: 250ms\n  multiplier: 2\n  max_delay: 4s\n";
-    let worker = env.start(env.config(&env.yaml(retry, &profile(&format!("http://127.0.0.1:{port}/"))))).await;
+    let worker = env
+        .start(env.config(&env.yaml(retry, &profile(&format!("http://127.0.0.1:{port}/")))))
+        .await;
     publish_load(&env, n, "dn").await;
     tokio::time::sleep(down).await; // the outage itself: nothing to poll for
     let m = worker.metrics().await;
-    let refused = m.value("callback_dispatcher_delivery_attempts_total", &[("profile", "load"), ("result", "connect_error")]);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let refused = m.value(
+        "callback_dispatcher_delivery_attempts_total",
+        &[("profile", "load"), ("result", "connect_error")],
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let receiver = Server::start_on(listener, |_, _| Reply::status(200)).await;
-    wait_until(LIMIT, "all delivered after the outage", || async { per_id(&receiver).len() == n }).await;
-    println!("receiver down {down:?}: {n} published, {refused} refused attempts during the outage, {n} delivered, 0 dead-lettered");
-    assert!(refused >= n as f64, "every event was tried during the outage");
+    wait_until(LIMIT, "all delivered after the outage", || async {
+        per_id(&receiver).len() == n
+    })
+    .await;
+    println!(
+        "receiver down {down:?}: {n} published, {refused} refused attempts during the outage, {n} delivered, 0 dead-lettered"
+    );
+    assert!(
+        refused >= n as f64,
+        "every event was tried during the outage"
+    );
     assert!(env.dead_letters().await.is_empty());
     worker.stop().await.unwrap();
 }
@@ -181,24 +262,41 @@ async fn a_receiver_slower_than_the_timeout_is_retried_and_nothing_leaks() {
         let mut m = s2.lock().unwrap();
         let k = m.entry(id).or_default();
         *k += 1;
-        if *k <= 2 { Reply::status(200).after(Duration::from_secs(2)) } else { Reply::status(200) }
+        if *k <= 2 {
+            Reply::status(200).after(Duration::from_secs(2))
+        } else {
+            Reply::status(200)
+        }
     })
     .await;
     let env = Env::new("slow");
     let yaml = env
-        .yaml("  max_attempts: 5\n  initial_delay: 100ms\n  max_delay: 1s\n", &profile(&receiver.url("/")))
+        .yaml(
+            "  max_attempts: 5\n  initial_delay: 100ms\n  max_delay: 1s\n",
+            &profile(&receiver.url("/")),
+        )
         .replace("timeout: 5s", "timeout: 500ms");
     let worker = env.start(env.config(&yaml)).await;
     publish_load(&env, n, "sl").await;
     wait_until(LIMIT, "all delivered", || async {
-        worker.metrics().await.value("callback_dispatcher_deliveries_total", &[("profile", "load"), ("outcome", "delivered")]) == n as f64
+        worker.metrics().await.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "load"), ("outcome", "delivered")],
+        ) == n as f64
     })
     .await;
     let m = worker.metrics().await;
-    let timeouts = m.value("callback_dispatcher_delivery_attempts_total", &[("profile", "load"), ("result", "timeout")]);
+    let timeouts = m.value(
+        "callback_dispatcher_delivery_attempts_total",
+        &[("profile", "load"), ("result", "timeout")],
+    );
     println!("slow receiver: {n} events, {timeouts} timeouts, {n} delivered");
     assert_eq!(timeouts, 2.0 * n as f64, "two timed-out attempts per event");
-    assert_eq!(m.value("callback_dispatcher_inflight_deliveries", &[]), 0.0, "no delivery task left behind");
+    assert_eq!(
+        m.value("callback_dispatcher_inflight_deliveries", &[]),
+        0.0,
+        "no delivery task left behind"
+    );
     assert!(env.dead_letters().await.is_empty());
     worker.stop().await.unwrap();
 }

@@ -11,15 +11,23 @@ use common::*;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(20);
-const FAST_RETRY: &str = "  max_attempts: 3\n  initial_delay: 100ms\n  multiplier: 2\n  max_delay: 1s\n  jitter: 0\n";
+const FAST_RETRY: &str =
+    "  max_attempts: 3\n  initial_delay: 100ms\n  multiplier: 2\n  max_delay: 1s\n  jitter: 0\n";
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn jwt(alg: &str, exp: u64) -> String {
     let enc = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
-    format!("{}.{}.c2ln", enc(json!({"alg": alg, "typ": "JWT"})), enc(json!({"exp": exp, "sub": "acme"})))
+    format!(
+        "{}.{}.c2ln",
+        enc(json!({"alg": alg, "typ": "JWT"})),
+        enc(json!({"exp": exp, "sub": "acme"}))
+    )
 }
 
 fn form(body: &[u8]) -> Vec<(String, String)> {
@@ -34,7 +42,10 @@ fn oauth_profile(id: &str, callback: &str, auth: &str) -> String {
 
 async fn delivered(worker: &Running, profile: &str, n: usize) {
     wait_until(LIMIT, &format!("{n} delivered for {profile}"), || async {
-        worker.metrics().await.value("callback_dispatcher_deliveries_total", &[("profile", profile), ("outcome", "delivered")]) == n as f64
+        worker.metrics().await.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", profile), ("outcome", "delivered")],
+        ) == n as f64
     })
     .await;
 }
@@ -51,17 +62,30 @@ async fn kaleyra_style_form_body_custom_headers_and_string_numbers() {
         "      url: \"{}\"\n      client_id: \"MDXXXXTM3NXXXXDUXXXXm\"\n      client_secret: \"kal-secret\"\n      scope: callbacks.write\n      params: {{ resource: \"api://acme\" }}\n      headers: {{ X-Tenant: acme }}\n",
         auth.url("/oauth2/token")
     );
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("kal", &receiver.url("/cb"), &a)))).await;
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("kal", &receiver.url("/cb"), &a))))
+        .await;
     for i in 0..3 {
         env.publish(Some("kal"), &format!("kal-{i}"), b"{}").await;
     }
     delivered(&worker, "kal", 3).await;
-    assert!(receiver.all().iter().all(|r| r.header("authorization").as_deref() == Some("Bearer kal-token-1")));
+    assert!(
+        receiver
+            .all()
+            .iter()
+            .all(|r| r.header("authorization").as_deref() == Some("Bearer kal-token-1"))
+    );
     let reqs = auth.all();
     assert_eq!(reqs.len(), 1, "one token for three events");
     let r = &reqs[0];
-    assert_eq!((r.method.as_str(), r.uri.as_str()), ("POST", "/oauth2/token"));
-    assert_eq!(r.header("content-type").as_deref(), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        (r.method.as_str(), r.uri.as_str()),
+        ("POST", "/oauth2/token")
+    );
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
     assert_eq!(r.header("x-tenant").as_deref(), Some("acme"));
     assert_eq!(r.header("authorization"), None);
     let want: Vec<(String, String)> = [
@@ -76,8 +100,20 @@ async fn kaleyra_style_form_body_custom_headers_and_string_numbers() {
     .collect();
     assert_eq!(form(&r.body), want);
     let m = worker.metrics().await;
-    assert_eq!(m.value("callback_dispatcher_token_requests_total", &[("profile", "kal"), ("outcome", "success")]), 1.0);
-    assert_eq!(m.value("callback_dispatcher_token_cache_hits_total", &[("profile", "kal")]), 2.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_token_requests_total",
+            &[("profile", "kal"), ("outcome", "success")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_token_cache_hits_total",
+            &[("profile", "kal")]
+        ),
+        2.0
+    );
     worker.stop().await.unwrap();
 }
 
@@ -90,29 +126,53 @@ async fn bandwidth_style_basic_header_with_special_characters() {
         "      url: \"{}\"\n      client_id: \"bw client\"\n      client_secret: \"s$ @+/=\"\n      client_auth: basic_header\n      scope: voice.webrtc\n",
         auth.url("/api/v1/oauth2/token")
     );
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("bw", &receiver.url("/"), &a)))).await;
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("bw", &receiver.url("/"), &a))))
+        .await;
     env.publish(Some("bw"), "bw-1", b"{}").await;
     delivered(&worker, "bw", 1).await;
     let r = &auth.all()[0];
     let basic = r.header("authorization").unwrap();
-    let decoded = String::from_utf8(STANDARD.decode(basic.strip_prefix("Basic ").unwrap()).unwrap()).unwrap();
-    assert_eq!(decoded, "bw+client:s%24+%40%2B%2F%3D", "RFC 6749 2.3.1: form-encode, then base64");
-    assert_eq!(&r.body[..], b"grant_type=client_credentials&scope=voice.webrtc");
-    assert_eq!(receiver.all()[0].header("authorization").as_deref(), Some("Bearer bw-tok"));
+    let decoded = String::from_utf8(
+        STANDARD
+            .decode(basic.strip_prefix("Basic ").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        decoded, "bw+client:s%24+%40%2B%2F%3D",
+        "RFC 6749 2.3.1: form-encode, then base64"
+    );
+    assert_eq!(
+        &r.body[..],
+        b"grant_type=client_credentials&scope=voice.webrtc"
+    );
+    assert_eq!(
+        receiver.all()[0].header("authorization").as_deref(),
+        Some("Bearer bw-tok")
+    );
     worker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infobip_style_get_nested_token_and_ibsso_scheme() {
     let exp = now() + 3600;
-    let auth = Server::start(move |_, _| Reply::json(200, json!({"data": {"token": "ib-tok-9", "tokenType": "IBSSO", "expiresAt": exp}}))).await;
+    let auth = Server::start(move |_, _| {
+        Reply::json(
+            200,
+            json!({"data": {"token": "ib-tok-9", "tokenType": "IBSSO", "expiresAt": exp}}),
+        )
+    })
+    .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("infobip");
     let a = format!(
         "      method: GET\n      url: \"{}\"\n      client_id: ib-user\n      client_secret: ib-pass\n      token_field_path: \"$.data.token\"\n      token_type_field_path: \"$.data.tokenType\"\n      expiration_field_path: \"$.data.expiresAt\"\n      expiration_format: unix_seconds\n",
         auth.url("/auth/1/session")
     );
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("ib", &receiver.url("/"), &a)))).await;
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("ib", &receiver.url("/"), &a))))
+        .await;
     env.publish(Some("ib"), "ib-1", b"{}").await;
     delivered(&worker, "ib", 1).await;
     let r = &auth.all()[0];
@@ -127,7 +187,10 @@ async fn infobip_style_get_nested_token_and_ibsso_scheme() {
             ("grant_type".into(), "client_credentials".into())
         ]
     );
-    assert_eq!(receiver.all()[0].header("authorization").as_deref(), Some("IBSSO ib-tok-9"));
+    assert_eq!(
+        receiver.all()[0].header("authorization").as_deref(),
+        Some("IBSSO ib-tok-9")
+    );
     worker.stop().await.unwrap();
 }
 
@@ -142,56 +205,106 @@ async fn json_body_client_auth_and_a_jwt_only_response() {
         "      method: PUT\n      url: \"{}\"\n      client_id: j-id\n      client_secret: j-secret\n      client_auth: json_body\n      auth_algorithm: RS256\n",
         auth.url("/t")
     );
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("j", &receiver.url("/"), &a)))).await;
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("j", &receiver.url("/"), &a))))
+        .await;
     env.publish(Some("j"), "j-1", b"{}").await;
     delivered(&worker, "j", 1).await;
     env.publish(Some("j"), "j-2", b"{}").await;
     delivered(&worker, "j", 2).await;
     let r = &auth.all()[0];
     assert_eq!(r.method, "PUT");
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(body, json!({"grant_type":"client_credentials","client_id":"j-id","client_secret":"j-secret"}));
-    assert_eq!(auth.count(), 1, "the JWT's exp (10 minutes) keeps it cached");
-    assert_eq!(receiver.all()[1].header("authorization"), Some(format!("Bearer {token}")));
+    assert_eq!(
+        body,
+        json!({"grant_type":"client_credentials","client_id":"j-id","client_secret":"j-secret"})
+    );
+    assert_eq!(
+        auth.count(),
+        1,
+        "the JWT's exp (10 minutes) keeps it cached"
+    );
+    assert_eq!(
+        receiver.all()[1].header("authorization"),
+        Some(format!("Bearer {token}"))
+    );
     worker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_events_at_once_make_one_auth_request() {
-    let auth = Server::start(|_, _| Reply::json(200, json!({"access_token":"shared","expires_in":3600})).after(Duration::from_millis(300))).await;
+    let auth = Server::start(|_, _| {
+        Reply::json(200, json!({"access_token":"shared","expires_in":3600}))
+            .after(Duration::from_millis(300))
+    })
+    .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("singleflight");
-    let a = format!("      url: \"{}\"\n      client_id: c\n      client_secret: s\n", auth.url("/t"));
+    let a = format!(
+        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
+        auth.url("/t")
+    );
     let yaml = env
         .yaml(FAST_RETRY, &oauth_profile("sf", &receiver.url("/"), &a))
         .replace("prefetch: 64", "prefetch: 256")
         .replace("concurrency: 64", "concurrency: 256");
     let config = env.config(&yaml);
     // Queue the 200 first, then start: they all need the token at the same moment.
-    env.publish_many(200, |i| (event_props(Some("sf"), &format!("sf-{i}")), b"{}".to_vec())).await;
+    env.publish_many(200, |i| {
+        (event_props(Some("sf"), &format!("sf-{i}")), b"{}".to_vec())
+    })
+    .await;
     let worker = env.start(config).await;
     delivered(&worker, "sf", 200).await;
-    assert_eq!(auth.count(), 1, "exactly one request reached the auth server");
+    assert_eq!(
+        auth.count(),
+        1,
+        "exactly one request reached the auth server"
+    );
     let m = worker.metrics().await;
-    assert_eq!(m.value("callback_dispatcher_token_cache_hits_total", &[("profile", "sf")]), 199.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_token_cache_hits_total",
+            &[("profile", "sf")]
+        ),
+        199.0
+    );
     worker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_token_is_refreshed_after_it_expires() {
-    let auth = Server::start(|n, _| Reply::json(200, json!({"access_token": format!("short-{n}"), "expires_in": 2}))).await;
+    let auth = Server::start(|n, _| {
+        Reply::json(
+            200,
+            json!({"access_token": format!("short-{n}"), "expires_in": 2}),
+        )
+    })
+    .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("refresh");
     // Lifetime 2s, margin 30s: under twice the margin, so reused for half its life (1s).
-    let a = format!("      url: \"{}\"\n      client_id: c\n      client_secret: s\n", auth.url("/t"));
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("sh", &receiver.url("/"), &a)))).await;
+    let a = format!(
+        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
+        auth.url("/t")
+    );
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("sh", &receiver.url("/"), &a))))
+        .await;
     env.publish(Some("sh"), "sh-1", b"{}").await;
     delivered(&worker, "sh", 1).await;
     tokio::time::sleep(Duration::from_millis(1200)).await; // the token's reuse window passing is the point
     env.publish(Some("sh"), "sh-2", b"{}").await;
     delivered(&worker, "sh", 2).await;
-    let auths: Vec<_> = receiver.all().iter().map(|r| r.header("authorization").unwrap()).collect();
+    let auths: Vec<_> = receiver
+        .all()
+        .iter()
+        .map(|r| r.header("authorization").unwrap())
+        .collect();
     assert_eq!(auths, vec!["Bearer short-0", "Bearer short-1"]);
     assert_eq!(auth.count(), 2);
     worker.stop().await.unwrap();
@@ -199,34 +312,96 @@ async fn a_short_lived_token_is_refreshed_after_it_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_refreshes_the_token_once_and_resends_at_once_even_for_a_burst() {
-    let auth = Server::start(|n, _| Reply::json(200, json!({"access_token": format!("t{}", n + 1), "expires_in": 3600})).after(Duration::from_millis(100))).await;
-    let receiver = Server::start(|_, r| Reply::status(if r.header("authorization").as_deref() == Some("Bearer t1") { 401 } else { 200 })).await;
+    let auth = Server::start(|n, _| {
+        Reply::json(
+            200,
+            json!({"access_token": format!("t{}", n + 1), "expires_in": 3600}),
+        )
+        .after(Duration::from_millis(100))
+    })
+    .await;
+    let receiver = Server::start(|_, r| {
+        Reply::status(
+            if r.header("authorization").as_deref() == Some("Bearer t1") {
+                401
+            } else {
+                200
+            },
+        )
+    })
+    .await;
     let env = Env::new("unauth");
-    let a = format!("      url: \"{}\"\n      client_id: c\n      client_secret: s\n", auth.url("/t"));
+    let a = format!(
+        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
+        auth.url("/t")
+    );
     let n = 50;
     let config = env.config(&env.yaml(FAST_RETRY, &oauth_profile("u", &receiver.url("/"), &a)));
-    env.publish_many(n, |i| (event_props(Some("u"), &format!("u-{i}")), b"{}".to_vec())).await;
+    env.publish_many(n, |i| {
+        (event_props(Some("u"), &format!("u-{i}")), b"{}".to_vec())
+    })
+    .await;
     let worker = env.start(config).await;
     delivered(&worker, "u", n).await;
     let m = worker.metrics().await;
-    assert_eq!(m.value("callback_dispatcher_deliveries_total", &[("profile", "u"), ("outcome", "retry_scheduled")]), 0.0, "resent at once, not after a back-off");
-    assert_eq!(auth.count(), 2, "one stale token, one refresh, for {n} events that all got 401");
-    assert_eq!(m.value("callback_dispatcher_delivery_attempts_total", &[("profile", "u"), ("result", "4xx")]), n as f64);
-    assert_eq!(m.value("callback_dispatcher_delivery_attempts_total", &[("profile", "u"), ("result", "2xx")]), n as f64);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "u"), ("outcome", "retry_scheduled")]
+        ),
+        0.0,
+        "resent at once, not after a back-off"
+    );
+    assert_eq!(
+        auth.count(),
+        2,
+        "one stale token, one refresh, for {n} events that all got 401"
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_delivery_attempts_total",
+            &[("profile", "u"), ("result", "4xx")]
+        ),
+        n as f64
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_delivery_attempts_total",
+            &[("profile", "u"), ("result", "2xx")]
+        ),
+        n as f64
+    );
     worker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_401_is_a_retryable_failure() {
-    let auth = Server::start(|n, _| Reply::json(200, json!({"access_token": format!("t{n}"), "expires_in": 3600}))).await;
+    let auth = Server::start(|n, _| {
+        Reply::json(
+            200,
+            json!({"access_token": format!("t{n}"), "expires_in": 3600}),
+        )
+    })
+    .await;
     let receiver = Server::start(|n, _| Reply::status(if n < 2 { 401 } else { 200 })).await;
     let env = Env::new("unauth2");
-    let a = format!("      url: \"{}\"\n      client_id: c\n      client_secret: s\n", auth.url("/t"));
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("u2", &receiver.url("/"), &a)))).await;
+    let a = format!(
+        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
+        auth.url("/t")
+    );
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("u2", &receiver.url("/"), &a))))
+        .await;
     env.publish(Some("u2"), "u2-1", b"{}").await;
     delivered(&worker, "u2", 1).await;
     let m = worker.metrics().await;
-    assert_eq!(m.value("callback_dispatcher_deliveries_total", &[("profile", "u2"), ("outcome", "retry_scheduled")]), 1.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "u2"), ("outcome", "retry_scheduled")]
+        ),
+        1.0
+    );
     assert_eq!(receiver.count(), 3);
     worker.stop().await.unwrap();
 }
@@ -234,38 +409,83 @@ async fn a_second_401_is_a_retryable_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auth_server_failing_twice_then_recovering_gets_the_event_delivered() {
     let auth = Server::start(|n, _| match n {
-        0 => Reply::json(500, json!({"error": "temporarily_unavailable", "error_description": "maintenance"})),
-        1 => Reply::status(200).header("content-type", "text/html").after(Duration::ZERO),
+        0 => Reply::json(
+            500,
+            json!({"error": "temporarily_unavailable", "error_description": "maintenance"}),
+        ),
+        1 => Reply::status(200)
+            .header("content-type", "text/html")
+            .after(Duration::ZERO),
         _ => Reply::json(200, json!({"access_token": "finally", "expires_in": 3600})),
     })
     .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("authrecover");
-    let a = format!("      url: \"{}\"\n      client_id: c\n      client_secret: s\n", auth.url("/t"));
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("ar", &receiver.url("/"), &a)))).await;
+    let a = format!(
+        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
+        auth.url("/t")
+    );
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("ar", &receiver.url("/"), &a))))
+        .await;
     env.publish(Some("ar"), "ar-1", b"{}").await;
     delivered(&worker, "ar", 1).await;
     let m = worker.metrics().await;
-    assert_eq!(m.value("callback_dispatcher_token_requests_total", &[("profile", "ar"), ("outcome", "failure")]), 2.0);
-    assert_eq!(m.value("callback_dispatcher_token_requests_total", &[("profile", "ar"), ("outcome", "success")]), 1.0);
-    assert_eq!(m.value("callback_dispatcher_delivery_attempts_total", &[("profile", "ar"), ("result", "auth_failed")]), 2.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_token_requests_total",
+            &[("profile", "ar"), ("outcome", "failure")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_token_requests_total",
+            &[("profile", "ar"), ("outcome", "success")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_delivery_attempts_total",
+            &[("profile", "ar"), ("result", "auth_failed")]
+        ),
+        2.0
+    );
     assert_eq!(receiver.count(), 1, "nothing was sent without a token");
-    assert_eq!(receiver.all()[0].header("authorization").as_deref(), Some("Bearer finally"));
+    assert_eq!(
+        receiver.all()[0].header("authorization").as_deref(),
+        Some("Bearer finally")
+    );
     worker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_with_the_wrong_alg_is_never_sent_and_ends_dead_lettered() {
-    let auth = Server::start(|_, _| Reply::json(200, json!({ "access_token": jwt("HS256", now() + 600) }))).await;
+    let auth = Server::start(|_, _| {
+        Reply::json(200, json!({ "access_token": jwt("HS256", now() + 600) }))
+    })
+    .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("wrongalg");
-    let a = format!("      url: \"{}\"\n      client_id: c\n      client_secret: s\n      auth_algorithm: RS256\n", auth.url("/t"));
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("wa", &receiver.url("/"), &a)))).await;
+    let a = format!(
+        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n      auth_algorithm: RS256\n",
+        auth.url("/t")
+    );
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("wa", &receiver.url("/"), &a))))
+        .await;
     env.publish(Some("wa"), "wa-1", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
-    assert_eq!(header_text(&dead[0], "x-dead-reason").as_deref(), Some("max_attempts"));
+    assert_eq!(
+        header_text(&dead[0], "x-dead-reason").as_deref(),
+        Some("max_attempts")
+    );
     let err = header_text(&dead[0], "x-last-error").unwrap();
-    assert!(err.starts_with("auth_failed:") && err.contains("HS256"), "{err}");
+    assert!(
+        err.starts_with("auth_failed:") && err.contains("HS256"),
+        "{err}"
+    );
     assert_eq!(receiver.count(), 0, "the callback URL never saw the token");
     assert_eq!(auth.count(), 3);
     worker.stop().await.unwrap();
@@ -275,9 +495,15 @@ async fn a_token_with_the_wrong_alg_is_never_sent_and_ends_dead_lettered() {
 async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
     let auth = Server::start(|_, r| {
         if r.uri.contains("fail") {
-            Reply::json(401, json!({"error": "invalid_client", "error_description": "bad credentials"}))
+            Reply::json(
+                401,
+                json!({"error": "invalid_client", "error_description": "bad credentials"}),
+            )
         } else {
-            Reply::json(200, json!({"access_token": "tok-SECRET-from-auth-server", "expires_in": 3600}))
+            Reply::json(
+                200,
+                json!({"access_token": "tok-SECRET-from-auth-server", "expires_in": 3600}),
+            )
         }
     })
     .await;
@@ -286,24 +512,67 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
     let signing = "whsec_c2lnbmluZy1TRUNSRVQta2V5LWJ5dGVz"; // "signing-SECRET-key-bytes"
     let profiles = format!(
         "{}{}{}{}  - {{id: st-basic, url: \"{cb}\", auth: {{type: basic, username: u, password: \"pw-SECRET-basic\"}}}}\n  - {{id: st-bearer, url: \"{cb}\", auth: {{type: bearer, token: \"tok-SECRET-static\"}}}}\n  - {{id: st-key, url: \"{cb}\", auth: {{type: api_key, value: \"App key-SECRET-api\"}}, signing: {{secrets: [\"{signing}\"]}}}}\n",
-        oauth_profile("o-form", &receiver.url("/"), &format!("      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-form\"\n", auth.url("/t"))),
-        oauth_profile("o-basic", &receiver.url("/"), &format!("      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-basic\"\n      client_auth: basic_header\n", auth.url("/t"))),
-        oauth_profile("o-get", &receiver.url("/"), &format!("      method: GET\n      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-query\"\n", auth.url("/t"))),
-        oauth_profile("o-fail", &receiver.url("/"), &format!("      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-fail\"\n", auth.url("/fail"))),
+        oauth_profile(
+            "o-form",
+            &receiver.url("/"),
+            &format!(
+                "      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-form\"\n",
+                auth.url("/t")
+            )
+        ),
+        oauth_profile(
+            "o-basic",
+            &receiver.url("/"),
+            &format!(
+                "      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-basic\"\n      client_auth: basic_header\n",
+                auth.url("/t")
+            )
+        ),
+        oauth_profile(
+            "o-get",
+            &receiver.url("/"),
+            &format!(
+                "      method: GET\n      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-query\"\n",
+                auth.url("/t")
+            )
+        ),
+        oauth_profile(
+            "o-fail",
+            &receiver.url("/"),
+            &format!(
+                "      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-fail\"\n",
+                auth.url("/fail")
+            )
+        ),
         cb = receiver.url("/")
     );
     let yaml = env.yaml("  max_attempts: 1\n", &profiles);
     env.config(&yaml);
     let worker = Process::spawn(&yaml, "trace");
     worker.wait_ready().await;
-    for p in ["o-form", "o-basic", "o-get", "o-fail", "st-basic", "st-bearer", "st-key"] {
+    for p in [
+        "o-form",
+        "o-basic",
+        "o-get",
+        "o-fail",
+        "st-basic",
+        "st-bearer",
+        "st-key",
+    ] {
         env.publish(Some(p), &format!("{p}-1"), b"{\"x\":1}").await;
     }
     receiver.wait_for(6, LIMIT).await;
     env.wait_dead(1, LIMIT).await;
     let logs = worker.logs();
-    assert!(logs.len() > 10_000, "trace logging is on ({} bytes)", logs.len());
-    assert!(logs.contains("invalid_client"), "the auth server's error is logged");
+    assert!(
+        logs.len() > 10_000,
+        "trace logging is on ({} bytes)",
+        logs.len()
+    );
+    assert!(
+        logs.contains("invalid_client"),
+        "the auth server's error is logged"
+    );
     let basic = |u: &str, p: &str| STANDARD.encode(format!("{u}:{p}"));
     for secret in [
         "SECRET",

@@ -8,7 +8,8 @@ use common::*;
 use lapin::types::AMQPValue;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const FAST_RETRY: &str = "  max_attempts: 3\n  initial_delay: 100ms\n  multiplier: 2\n  max_delay: 1s\n  jitter: 0\n";
+const FAST_RETRY: &str =
+    "  max_attempts: 3\n  initial_delay: 100ms\n  multiplier: 2\n  max_delay: 1s\n  jitter: 0\n";
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn profile(id: &str, url: &str, extra: &str) -> String {
@@ -19,8 +20,15 @@ fn profile(id: &str, url: &str, extra: &str) -> String {
 async fn signed_delivery_verifies_with_an_independent_check() {
     let receiver = Server::start(|_, _| Reply::status(204)).await;
     let env = Env::new("signed");
-    let extra = format!("    headers: {{ X-Env: prod }}\n    signing:\n      secrets: [\"{SECRET}\", \"whsec_c2Vjb25kLWtleQ==\"]\n");
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &profile("acme", &receiver.url("/hooks"), &extra)))).await;
+    let extra = format!(
+        "    headers: {{ X-Env: prod }}\n    signing:\n      secrets: [\"{SECRET}\", \"whsec_c2Vjb25kLWtleQ==\"]\n"
+    );
+    let worker = env
+        .start(env.config(&env.yaml(
+            FAST_RETRY,
+            &profile("acme", &receiver.url("/hooks"), &extra),
+        )))
+        .await;
 
     let body = br#"{"event":"message.delivered","id":42}"#;
     env.publish(Some("acme"), "evt-signed-1", body).await;
@@ -30,18 +38,44 @@ async fn signed_delivery_verifies_with_an_independent_check() {
     assert_eq!(r.uri, "/hooks");
     assert_eq!(&r.body[..], body);
     assert_eq!(r.header("webhook-id").as_deref(), Some("evt-signed-1"));
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
     assert_eq!(r.header("x-env").as_deref(), Some("prod"));
-    assert!(r.header("user-agent").unwrap().starts_with("callback-dispatcher/"));
+    assert!(
+        r.header("user-agent")
+            .unwrap()
+            .starts_with("callback-dispatcher/")
+    );
     let ts: i64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((now - ts).abs() < 60, "timestamp {ts} is not current ({now})");
-    assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 2, "one signature per secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now - ts).abs() < 60,
+        "timestamp {ts} is not current ({now})"
+    );
+    assert_eq!(
+        r.header("webhook-signature").unwrap().split(' ').count(),
+        2,
+        "one signature per secret"
+    );
     assert!(verify_signature(SECRET, r), "signature does not verify");
-    assert!(verify_signature("whsec_c2Vjb25kLWtleQ==", r), "rotation key does not verify");
+    assert!(
+        verify_signature("whsec_c2Vjb25kLWtleQ==", r),
+        "rotation key does not verify"
+    );
 
     let m = worker.metrics().await;
-    assert_eq!(m.value("callback_dispatcher_deliveries_total", &[("profile", "acme"), ("outcome", "delivered")]), 1.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "acme"), ("outcome", "delivered")]
+        ),
+        1.0
+    );
     worker.stop().await.unwrap();
 }
 
@@ -49,19 +83,36 @@ async fn signed_delivery_verifies_with_an_independent_check() {
 async fn bodies_arrive_byte_for_byte_with_their_content_type() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("bytes");
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &profile("bin", &receiver.url("/b"), "    method: PUT\n")))).await;
-    let bodies: Vec<Vec<u8>> = vec![vec![0xff, 0xfe, 0x00, 0x80, b'x'], Vec::new(), (0..=255u8).cycle().take(100_000).collect()];
+    let worker = env
+        .start(env.config(&env.yaml(
+            FAST_RETRY,
+            &profile("bin", &receiver.url("/b"), "    method: PUT\n"),
+        )))
+        .await;
+    let bodies: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xfe, 0x00, 0x80, b'x'],
+        Vec::new(),
+        (0..=255u8).cycle().take(100_000).collect(),
+    ];
     for (i, b) in bodies.iter().enumerate() {
-        let props = event_props(Some("bin"), &format!("bin-{i}")).with_content_type("application/octet-stream".into());
+        let props = event_props(Some("bin"), &format!("bin-{i}"))
+            .with_content_type("application/octet-stream".into());
         let b = b.clone();
-        env.publish_many(1, move |_| (props.clone(), b.clone())).await;
+        env.publish_many(1, move |_| (props.clone(), b.clone()))
+            .await;
     }
     let got = receiver.wait_for(3, LIMIT).await;
     for (i, b) in bodies.iter().enumerate() {
-        let r = got.iter().find(|r| r.header("webhook-id") == Some(format!("bin-{i}"))).unwrap();
+        let r = got
+            .iter()
+            .find(|r| r.header("webhook-id") == Some(format!("bin-{i}")))
+            .unwrap();
         assert_eq!(r.method, "PUT");
         assert_eq!(&r.body[..], &b[..], "body {i}");
-        assert_eq!(r.header("content-type").as_deref(), Some("application/octet-stream"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/octet-stream")
+        );
     }
     worker.stop().await.unwrap();
 }
@@ -70,8 +121,18 @@ async fn bodies_arrive_byte_for_byte_with_their_content_type() {
 async fn get_sends_top_level_scalars_as_query_and_no_body() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("get");
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &profile("g", &receiver.url("/status"), "    method: GET\n")))).await;
-    env.publish(Some("g"), "get-1", br#"{"to":"+44 7700","n":3,"ok":true,"nested":{"a":1}}"#).await;
+    let worker = env
+        .start(env.config(&env.yaml(
+            FAST_RETRY,
+            &profile("g", &receiver.url("/status"), "    method: GET\n"),
+        )))
+        .await;
+    env.publish(
+        Some("g"),
+        "get-1",
+        br#"{"to":"+44 7700","n":3,"ok":true,"nested":{"a":1}}"#,
+    )
+    .await;
     let r = &receiver.wait_for(1, LIMIT).await[0];
     assert_eq!(r.method, "GET");
     assert_eq!(r.uri, "/status?n=3&ok=true&to=%2B44+7700");
@@ -83,26 +144,71 @@ async fn get_sends_top_level_scalars_as_query_and_no_body() {
 async fn two_503s_then_204_is_delivered_on_the_third_attempt_with_the_same_id() {
     let receiver = Server::start(|n, _| Reply::status(if n < 2 { 503 } else { 204 })).await;
     let env = Env::new("retry");
-    let retry = "  max_attempts: 5\n  initial_delay: 1s\n  multiplier: 2\n  max_delay: 10s\n  jitter: 0\n";
-    let worker = env.start(env.config(&env.yaml(retry, &profile("r", &receiver.url("/r"), &format!("    signing: {{secrets: [\"{SECRET}\"]}}\n"))))).await;
+    let retry =
+        "  max_attempts: 5\n  initial_delay: 1s\n  multiplier: 2\n  max_delay: 10s\n  jitter: 0\n";
+    let worker = env
+        .start(env.config(&env.yaml(
+            retry,
+            &profile(
+                "r",
+                &receiver.url("/r"),
+                &format!("    signing: {{secrets: [\"{SECRET}\"]}}\n"),
+            ),
+        )))
+        .await;
     env.publish(Some("r"), "evt-retry", b"{}").await;
     let got = receiver.wait_for(3, LIMIT).await;
-    let ids: Vec<_> = got.iter().map(|r| r.header("webhook-id").unwrap()).collect();
+    let ids: Vec<_> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
     assert_eq!(ids, vec!["evt-retry"; 3]);
-    let ts: Vec<i64> = got.iter().map(|r| r.header("webhook-timestamp").unwrap().parse().unwrap()).collect();
+    let ts: Vec<i64> = got
+        .iter()
+        .map(|r| r.header("webhook-timestamp").unwrap().parse().unwrap())
+        .collect();
     assert!(ts[2] > ts[0], "timestamps are fresh per attempt: {ts:?}");
     assert!(got.iter().all(|r| verify_signature(SECRET, r)));
     // Delays 1s then 2s (jitter 0): the broker holds each retry at least that long.
-    assert!(got[1].at - got[0].at >= Duration::from_millis(950), "{:?}", got[1].at - got[0].at);
-    assert!(got[2].at - got[1].at >= Duration::from_millis(1950), "{:?}", got[2].at - got[1].at);
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(950),
+        "{:?}",
+        got[1].at - got[0].at
+    );
+    assert!(
+        got[2].at - got[1].at >= Duration::from_millis(1950),
+        "{:?}",
+        got[2].at - got[1].at
+    );
     wait_until(LIMIT, "settled", || async {
-        worker.metrics().await.value("callback_dispatcher_deliveries_total", &[("profile", "r"), ("outcome", "delivered")]) == 1.0
+        worker.metrics().await.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "r"), ("outcome", "delivered")],
+        ) == 1.0
     })
     .await;
     let m = worker.metrics().await;
-    assert_eq!(m.value("callback_dispatcher_deliveries_total", &[("profile", "r"), ("outcome", "retry_scheduled")]), 2.0);
-    assert_eq!(m.value("callback_dispatcher_delivery_attempts_total", &[("profile", "r"), ("result", "5xx")]), 2.0);
-    assert_eq!(m.value("callback_dispatcher_delivery_attempts_total", &[("profile", "r"), ("result", "2xx")]), 1.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "r"), ("outcome", "retry_scheduled")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_delivery_attempts_total",
+            &[("profile", "r"), ("result", "5xx")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_delivery_attempts_total",
+            &[("profile", "r"), ("result", "2xx")]
+        ),
+        1.0
+    );
     assert_eq!(receiver.count(), 3);
     assert!(env.dead_letters().await.is_empty());
     worker.stop().await.unwrap();
@@ -110,30 +216,58 @@ async fn two_503s_then_204_is_delivered_on_the_third_attempt_with_the_same_id() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_longer_than_the_back_off_is_respected() {
-    let receiver = Server::start(|n, _| if n == 0 { Reply::status(429).header("retry-after", "2") } else { Reply::status(200) }).await;
+    let receiver = Server::start(|n, _| {
+        if n == 0 {
+            Reply::status(429).header("retry-after", "2")
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
     let env = Env::new("retryafter");
-    let worker = env.start(env.config(&env.yaml("  initial_delay: 100ms\n  max_delay: 1m\n  jitter: 0\n", &profile("ra", &receiver.url("/"), "")))).await;
+    let worker = env
+        .start(env.config(&env.yaml(
+            "  initial_delay: 100ms\n  max_delay: 1m\n  jitter: 0\n",
+            &profile("ra", &receiver.url("/"), ""),
+        )))
+        .await;
     env.publish(Some("ra"), "evt-ra", b"{}").await;
     let got = receiver.wait_for(2, LIMIT).await;
     let gap = got[1].at - got[0].at;
-    assert!(gap >= Duration::from_millis(1950), "Retry-After: 2 but resent after {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1950),
+        "Retry-After: 2 but resent after {gap:?}"
+    );
     worker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_is_dead_lettered_with_reason_status_and_the_body_unchanged() {
-    let receiver = Server::start(|_, _| Reply::json(400, serde_json::json!({"error": "bad number"}))).await;
+    let receiver =
+        Server::start(|_, _| Reply::json(400, serde_json::json!({"error": "bad number"}))).await;
     let env = Env::new("perm");
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &profile("p", &receiver.url("/"), "")))).await;
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &profile("p", &receiver.url("/"), ""))))
+        .await;
     env.publish(Some("p"), "evt-400", b"{\"to\":\"x\"}").await;
     let dead = env.wait_dead(1, LIMIT).await;
     let d = &dead[0];
-    assert_eq!(header_text(d, "x-dead-reason").as_deref(), Some("permanent_status"));
+    assert_eq!(
+        header_text(d, "x-dead-reason").as_deref(),
+        Some("permanent_status")
+    );
     assert_eq!(header_int(d, "x-last-status"), Some(400));
     assert_eq!(header_int(d, "x-attempt"), Some(1));
-    assert!(header_text(d, "x-last-error").unwrap().contains("bad number"));
+    assert!(
+        header_text(d, "x-last-error")
+            .unwrap()
+            .contains("bad number")
+    );
     assert_eq!(header_text(d, "profile").as_deref(), Some("p"));
-    assert_eq!(d.properties.message_id().as_ref().unwrap().as_str(), "evt-400");
+    assert_eq!(
+        d.properties.message_id().as_ref().unwrap().as_str(),
+        "evt-400"
+    );
     assert_eq!(d.data, b"{\"to\":\"x\"}");
     assert_eq!(receiver.count(), 1, "a permanent failure is not retried");
     worker.stop().await.unwrap();
@@ -143,10 +277,15 @@ async fn a_400_is_dead_lettered_with_reason_status_and_the_body_unchanged() {
 async fn always_500_is_dead_lettered_after_max_attempts() {
     let receiver = Server::start(|_, _| Reply::status(500)).await;
     let env = Env::new("maxatt");
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &profile("m", &receiver.url("/"), "")))).await;
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &profile("m", &receiver.url("/"), ""))))
+        .await;
     env.publish(Some("m"), "evt-500", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
-    assert_eq!(header_text(&dead[0], "x-dead-reason").as_deref(), Some("max_attempts"));
+    assert_eq!(
+        header_text(&dead[0], "x-dead-reason").as_deref(),
+        Some("max_attempts")
+    );
     assert_eq!(header_int(&dead[0], "x-attempt"), Some(3));
     assert_eq!(header_int(&dead[0], "x-last-status"), Some(500));
     assert_eq!(receiver.count(), 3, "max_attempts: 3 attempts in all");
@@ -157,11 +296,17 @@ async fn always_500_is_dead_lettered_after_max_attempts() {
 async fn a_retry_keeps_an_assigned_id_when_the_publisher_sent_none() {
     let receiver = Server::start(|n, _| Reply::status(if n == 0 { 502 } else { 200 })).await;
     let env = Env::new("noid");
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &profile("n", &receiver.url("/"), "")))).await;
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &profile("n", &receiver.url("/"), ""))))
+        .await;
     let props = event_props(Some("n"), "x").with_message_id("".into());
-    env.publish_many(1, move |_| (props.clone(), b"{}".to_vec())).await;
+    env.publish_many(1, move |_| (props.clone(), b"{}".to_vec()))
+        .await;
     let got = receiver.wait_for(2, LIMIT).await;
-    let (a, b) = (got[0].header("webhook-id").unwrap(), got[1].header("webhook-id").unwrap());
+    let (a, b) = (
+        got[0].header("webhook-id").unwrap(),
+        got[1].header("webhook-id").unwrap(),
+    );
     assert!(a.starts_with("msg_"), "{a}");
     assert_eq!(a, b);
     worker.stop().await.unwrap();
@@ -171,8 +316,13 @@ async fn a_retry_keeps_an_assigned_id_when_the_publisher_sent_none() {
 async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("bad");
-    let yaml = env.yaml(FAST_RETRY, &profile("good", &receiver.url("/"), "")).replace("max_body_bytes: 1048576", "");
-    let yaml = yaml.replace("  connect_timeout: 1s\n", "  connect_timeout: 1s\n  max_body_bytes: 1000\n");
+    let yaml = env
+        .yaml(FAST_RETRY, &profile("good", &receiver.url("/"), ""))
+        .replace("max_body_bytes: 1048576", "");
+    let yaml = yaml.replace(
+        "  connect_timeout: 1s\n",
+        "  connect_timeout: 1s\n  max_body_bytes: 1000\n",
+    );
     let worker = env.start(env.config(&yaml)).await;
     env.publish(Some("nobody"), "bad-unknown", b"{}").await;
     env.publish(None, "bad-missing", b"{}").await;
@@ -181,7 +331,8 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow
     h.insert("profile".into(), AMQPValue::LongInt(7));
     h.insert("x-attempt".into(), text("garbage"));
     props = props.with_headers(h);
-    env.publish_many(1, move |_| (props.clone(), b"{}".to_vec())).await;
+    env.publish_many(1, move |_| (props.clone(), b"{}".to_vec()))
+        .await;
     env.publish(Some("good"), "bad-huge", &[b'x'; 1001]).await;
     for i in 0..5 {
         env.publish(Some("good"), &format!("good-{i}"), b"{}").await;
@@ -190,7 +341,12 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow
     let dead = env.wait_dead(4, LIMIT).await;
     let mut reasons: Vec<(String, String)> = dead
         .iter()
-        .map(|d| (d.properties.message_id().as_ref().unwrap().to_string(), header_text(d, "x-dead-reason").unwrap()))
+        .map(|d| {
+            (
+                d.properties.message_id().as_ref().unwrap().to_string(),
+                header_text(d, "x-dead-reason").unwrap(),
+            )
+        })
         .collect();
     reasons.sort();
     assert_eq!(
@@ -202,13 +358,39 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow
             ("bad-unknown".into(), "unknown_profile".into()),
         ]
     );
-    let int = dead.iter().find(|d| d.properties.message_id().as_ref().unwrap().as_str() == "bad-int").unwrap();
-    assert!(header_text(int, "x-last-error").unwrap().contains("must be a string"));
-    assert_eq!(receiver.count(), 5, "only the good events reached the receiver");
+    let int = dead
+        .iter()
+        .find(|d| d.properties.message_id().as_ref().unwrap().as_str() == "bad-int")
+        .unwrap();
+    assert!(
+        header_text(int, "x-last-error")
+            .unwrap()
+            .contains("must be a string")
+    );
+    assert_eq!(
+        receiver.count(),
+        5,
+        "only the good events reached the receiver"
+    );
     let m = worker.metrics().await;
-    assert_eq!(m.value("callback_dispatcher_deliveries_total", &[("profile", "(none)"), ("outcome", "dead_lettered")]), 3.0);
-    assert_eq!(m.value("callback_dispatcher_deliveries_total", &[("profile", "good"), ("outcome", "dead_lettered")]), 1.0);
-    assert_eq!(m.value("callback_dispatcher_events_consumed_total", &[]), 9.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "(none)"), ("outcome", "dead_lettered")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "good"), ("outcome", "dead_lettered")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value("callback_dispatcher_events_consumed_total", &[]),
+        9.0
+    );
     worker.stop().await.unwrap();
 }
 
@@ -218,10 +400,15 @@ async fn redirects_are_never_followed() {
     let target = other.url("/stolen");
     let receiver = Server::start(move |_, _| Reply::status(302).header("location", &target)).await;
     let env = Env::new("redirect");
-    let worker = env.start(env.config(&env.yaml(FAST_RETRY, &profile("r", &receiver.url("/"), "")))).await;
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &profile("r", &receiver.url("/"), ""))))
+        .await;
     env.publish(Some("r"), "evt-302", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
-    assert_eq!(header_text(&dead[0], "x-dead-reason").as_deref(), Some("permanent_status"));
+    assert_eq!(
+        header_text(&dead[0], "x-dead-reason").as_deref(),
+        Some("permanent_status")
+    );
     assert_eq!(header_int(&dead[0], "x-last-status"), Some(302));
     assert_eq!(other.count(), 0, "the redirect target saw nothing");
     worker.stop().await.unwrap();
@@ -234,12 +421,29 @@ async fn a_conflicting_queue_is_a_clear_start_error() {
     // Someone declared the work queue as a classic queue before us.
     let conn = env.connect().await;
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(env.queue.as_str().into(), lapin::options::QueueDeclareOptions { durable: true, ..Default::default() }, Default::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        env.queue.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let worker = callback_dispatcher::Worker::bind(config).await.unwrap();
-    let err = worker.run(std::future::pending()).await.unwrap_err().to_string();
-    assert!(err.contains(&format!("queue `{}` already exists with other arguments", env.queue)), "{err}");
+    let err = worker
+        .run(std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "queue `{}` already exists with other arguments",
+            env.queue
+        )),
+        "{err}"
+    );
     assert!(err.contains("x-queue-type"), "{err}");
     assert!(err.contains("delete_queue"), "{err}");
     conn.close(200, "".into()).await.unwrap();

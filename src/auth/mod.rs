@@ -28,8 +28,11 @@ pub use oauth2::{AuthError, OAuth2, Token};
 pub enum Auth {
     None,
     /// `basic`, `bearer` and `api_key`: a fixed header, marked sensitive.
-    Static { header: HeaderName, value: HeaderValue },
-    OAuth2(OAuth2),
+    Static {
+        header: HeaderName,
+        value: HeaderValue,
+    },
+    OAuth2(Box<OAuth2>),
 }
 
 /// The header one attempt sends, and the token it came from (to drop it after a 401).
@@ -42,7 +45,12 @@ pub struct Credential {
 struct TokenExpiry;
 
 impl Expiry<Arc<str>, Arc<Token>> for TokenExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, token: &Arc<Token>, created_at: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &Arc<str>,
+        token: &Arc<Token>,
+        created_at: std::time::Instant,
+    ) -> Option<Duration> {
         Some(token.reuse_until.saturating_duration_since(created_at))
     }
 }
@@ -64,7 +72,10 @@ impl Authenticator {
     }
 
     /// The credential for one attempt; `None` for profiles without auth.
-    pub async fn credential(&self, profile: &Profile) -> Result<Option<Credential>, Arc<AuthError>> {
+    pub async fn credential(
+        &self,
+        profile: &Profile,
+    ) -> Result<Option<Credential>, Arc<AuthError>> {
         match &profile.auth {
             Auth::None => Ok(None),
             Auth::Static { header, value } => Ok(Some(Credential {
@@ -93,7 +104,10 @@ impl Authenticator {
             })
             .await;
         if !fetched && result.is_ok() {
-            self.metrics.token_cache_hits.with_label_values(&[&profile.id]).inc();
+            self.metrics
+                .token_cache_hits
+                .with_label_values(&[&profile.id])
+                .inc();
         }
         result
     }

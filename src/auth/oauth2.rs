@@ -151,13 +151,14 @@ impl OAuth2 {
         let now = SystemTime::now();
         let got = token::extract(&body, &self.shape, now)?;
         let lifetime = got.expires_at.duration_since(now).unwrap_or_default();
-        let mut header = HeaderValue::try_from(format!("{} {}", got.scheme, got.token.expose_secret()))
-            .map_err(|_| {
-                AuthError::Response(ExtractError::TokenNotString {
-                    path: self.shape.token.to_string(),
-                    found: "a string with characters not allowed in a header",
-                })
-            })?;
+        let mut header =
+            HeaderValue::try_from(format!("{} {}", got.scheme, got.token.expose_secret()))
+                .map_err(|_| {
+                    AuthError::Response(ExtractError::TokenNotString {
+                        path: self.shape.token.to_string(),
+                        found: "a string with characters not allowed in a header",
+                    })
+                })?;
         header.set_sensitive(true);
         Ok(Token {
             scheme: got.scheme,

@@ -118,7 +118,10 @@ pub enum ExtractError {
     WrongAlgorithm { expected: String, found: String },
 }
 
-pub(crate) fn describe_server_error(error: &Option<String>, description: &Option<String>) -> String {
+pub(crate) fn describe_server_error(
+    error: &Option<String>,
+    description: &Option<String>,
+) -> String {
     match (error, description) {
         (None, None) => String::new(),
         (e, d) => format!(
@@ -154,7 +157,11 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Read token, scheme and expiry from a 2xx body.
-pub fn extract(body: &[u8], shape: &ResponseShape, now: SystemTime) -> Result<Extracted, ExtractError> {
+pub fn extract(
+    body: &[u8],
+    shape: &ResponseShape,
+    now: SystemTime,
+) -> Result<Extracted, ExtractError> {
     let json: Value = serde_json::from_slice(body).map_err(|_| ExtractError::NotJson)?;
     let token = match shape.token.first(&json) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -247,11 +254,20 @@ fn is_token_char(b: u8) -> bool {
 }
 
 /// The expiry value at the configured path, as an absolute time.
-pub fn parse_expiry(value: &Value, format: ExpirationFormat, now: SystemTime) -> Result<SystemTime, String> {
+pub fn parse_expiry(
+    value: &Value,
+    format: ExpirationFormat,
+    now: SystemTime,
+) -> Result<SystemTime, String> {
     let number = match value {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
-        other => return Err(format!("expected a number or a string, found {}", kind(other))),
+        other => {
+            return Err(format!(
+                "expected a number or a string, found {}",
+                kind(other)
+            ));
+        }
     };
     let text = value.as_str().map(str::trim);
     let format = match (format, number) {
@@ -264,7 +280,9 @@ pub fn parse_expiry(value: &Value, format: ExpirationFormat, now: SystemTime) ->
     let out_of_range = || format!("{} is out of range", clip(&value.to_string(), 40));
     match (format, number) {
         (ExpirationFormat::Rfc3339, _) => match text {
-            Some(t) => parse_rfc3339(t).ok_or_else(|| format!("{:?} is not an RFC 3339 time", clip(t, 40))),
+            Some(t) => {
+                parse_rfc3339(t).ok_or_else(|| format!("{:?} is not an RFC 3339 time", clip(t, 40)))
+            }
             None => Err("expected an RFC 3339 string".into()),
         },
         (_, None) => Err(format!("{} is not a number", clip(&value.to_string(), 40))),
@@ -278,7 +296,9 @@ pub fn parse_expiry(value: &Value, format: ExpirationFormat, now: SystemTime) ->
                 .ok_or_else(out_of_range)
         }
         (ExpirationFormat::UnixSeconds, Some(n)) => unix_seconds(n).ok_or_else(out_of_range),
-        (ExpirationFormat::UnixMillis, Some(n)) => unix_seconds(n / 1000.0).ok_or_else(out_of_range),
+        (ExpirationFormat::UnixMillis, Some(n)) => {
+            unix_seconds(n / 1000.0).ok_or_else(out_of_range)
+        }
         (ExpirationFormat::Auto, Some(_)) => unreachable!("auto resolved above"),
     }
 }
@@ -335,13 +355,17 @@ impl Jwt {
         }
         let decode = |seg: &str| -> Option<Value> {
             let bytes = URL_SAFE_NO_PAD.decode(seg.trim_end_matches('=')).ok()?;
-            serde_json::from_slice::<Value>(&bytes).ok().filter(Value::is_object)
+            serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .filter(Value::is_object)
         };
         let header = decode(h)?;
         let claims = decode(p)?;
         Some(Jwt {
             alg: header.get("alg").and_then(Value::as_str).map(str::to_owned),
-            exp: claims.get("exp").and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))),
+            exp: claims
+                .get("exp")
+                .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))),
         })
     }
 }

@@ -57,9 +57,11 @@ mod tests {
         }
     }
 
+    type Case<'a> = (&'a str, Result<&'a str, Vec<(usize, &'a str)>>);
+
     #[test]
     fn table() {
-        let cases: &[(&str, Result<&str, Vec<(usize, &str)>>)] = &[
+        let cases: &[Case] = &[
             ("plain", Ok("plain")),
             ("a ${SET} b", Ok("a value b")),
             ("${SET}${SET}", Ok("valuevalue")),
@@ -70,7 +72,10 @@ mod tests {
             ("x: ${UNSET:-amqp://h:1/%2f}", Ok("x: amqp://h:1/%2f")),
             ("no close ${SET", Ok("no close ${SET")),
             ("a\n${UNSET}\n${ALSO}", Err(vec![(2, "UNSET"), (3, "ALSO")])),
-            ("  # ${UNSET} in a comment\nx", Ok("  # ${UNSET} in a comment\nx")),
+            (
+                "  # ${UNSET} in a comment\nx",
+                Ok("  # ${UNSET} in a comment\nx"),
+            ),
         ];
         for (input, want) in cases {
             let got = interpolate(input, env);

@@ -85,7 +85,12 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.issues.len();
-        write!(f, "{}: {n} configuration error{}", self.file.display(), if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{}: {n} configuration error{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
         for issue in &self.issues {
             write!(f, "\n  {}", self.file.display())?;
             if let Some((line, col)) = issue.location {
@@ -123,7 +128,11 @@ impl Config {
     }
 
     /// Parse `text` as if read from `file`, with `lookup` standing in for the environment.
-    pub fn from_yaml(text: &str, file: &Path, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_yaml(
+        text: &str,
+        file: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let fail = |issues| ConfigError {
             file: file.to_owned(),
             issues,
@@ -138,7 +147,8 @@ impl Config {
                 })
                 .collect())
         })?;
-        let raw: raw::RawConfig = serde_saphyr::from_str(&text).map_err(|e| fail(vec![validate::parse_issue(&e)]))?;
+        let raw: raw::RawConfig =
+            serde_saphyr::from_str(&text).map_err(|e| fail(vec![validate::parse_issue(&e)]))?;
         validate::validate(raw).map_err(fail)
     }
 

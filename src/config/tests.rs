@@ -16,16 +16,33 @@ const MINIMAL: &str = "profiles:\n  - id: a\n    url: http://127.0.0.1:1/cb\n";
 
 #[test]
 fn the_example_file_is_valid() {
-    let config = Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/dispatcher.yaml"))).unwrap();
+    let config = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/dispatcher.yaml"
+    )))
+    .unwrap();
     assert_eq!(config.profiles.len(), 7);
-    assert!(matches!(config.profiles.get("infobip").unwrap().auth, Auth::OAuth2(_)));
+    assert!(matches!(
+        config.profiles.get("infobip").unwrap().auth,
+        Auth::OAuth2(_)
+    ));
 }
 
 #[test]
 fn defaults_match_the_spec() {
     let c = parse(MINIMAL).unwrap();
-    assert_eq!(c.amqp.url.expose_secret(), "amqp://guest:guest@127.0.0.1:5672/%2f");
-    assert_eq!((c.amqp.queue.as_str(), c.amqp.exchange.as_str(), c.amqp.prefetch), ("callbacks", "callbacks", 256));
+    assert_eq!(
+        c.amqp.url.expose_secret(),
+        "amqp://guest:guest@127.0.0.1:5672/%2f"
+    );
+    assert_eq!(
+        (
+            c.amqp.queue.as_str(),
+            c.amqp.exchange.as_str(),
+            c.amqp.prefetch
+        ),
+        ("callbacks", "callbacks", 256)
+    );
     assert_eq!(c.delivery.concurrency, 256);
     assert_eq!(c.delivery.timeout, Duration::from_secs(15));
     assert_eq!(c.delivery.connect_timeout, Duration::from_secs(5));
@@ -58,7 +75,11 @@ profiles:
       token_field_path: \"$$[\"
 ";
     let err = parse(text).unwrap_err();
-    let got: Vec<(String, Option<u64>)> = err.issues.iter().map(|i| (i.path.clone(), i.location.map(|l| l.0))).collect();
+    let got: Vec<(String, Option<u64>)> = err
+        .issues
+        .iter()
+        .map(|i| (i.path.clone(), i.location.map(|l| l.0)))
+        .collect();
     let want = [
         ("delivery.timeout", Some(2)),
         ("retry.jitter", Some(4)),
@@ -73,8 +94,14 @@ profiles:
     let want: Vec<(String, Option<u64>)> = want.iter().map(|(p, l)| (p.to_string(), *l)).collect();
     assert_eq!(got, want, "{err}");
     let text = err.to_string();
-    assert!(text.starts_with("test.yaml: 9 configuration errors"), "{text}");
-    assert!(text.contains("user to sign in interactively through a redirect URL"), "{text}");
+    assert!(
+        text.starts_with("test.yaml: 9 configuration errors"),
+        "{text}"
+    );
+    assert!(
+        text.contains("user to sign in interactively through a redirect URL"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -102,9 +129,25 @@ fn unknown_keys_and_syntax_errors_have_a_location() {
 fn env_interpolation_and_missing_variables() {
     let c = parse("amqp:\n  prefetch: ${UNSET_PREFETCH:-12}\nprofiles:\n  - id: a\n    url: http://h/\n    auth: {type: bearer, token: \"${SECRET}\"}\n").unwrap();
     assert_eq!(c.amqp.prefetch, 12);
-    let err = parse("amqp:\n  url: ${NOPE}\nprofiles:\n  - id: a\n    url: ${ALSO_NOPE}\n").unwrap_err();
-    let names: Vec<_> = err.issues.iter().map(|i| (i.location.map(|l| l.0), i.message.split(' ').nth(2).unwrap().to_owned())).collect();
-    assert_eq!(names, vec![(Some(2), "NOPE".to_owned()), (Some(5), "ALSO_NOPE".to_owned())]);
+    let err =
+        parse("amqp:\n  url: ${NOPE}\nprofiles:\n  - id: a\n    url: ${ALSO_NOPE}\n").unwrap_err();
+    let names: Vec<_> = err
+        .issues
+        .iter()
+        .map(|i| {
+            (
+                i.location.map(|l| l.0),
+                i.message.split(' ').nth(2).unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (Some(2), "NOPE".to_owned()),
+            (Some(5), "ALSO_NOPE".to_owned())
+        ]
+    );
 }
 
 #[test]
@@ -113,11 +156,18 @@ fn secrets_never_appear_in_errors_or_debug() {
     let bad = "profiles:\n  - id: a\n    url: http://h/\n    signing: {secrets: [\"not base64 ${SECRET}\"]}\n    auth: {type: basic, username: u, password: 987654321}\n    timeout: nope\n";
     let err = parse(bad).unwrap_err();
     let shown = format!("{err} {err:?}");
-    assert!(!shown.contains("s3cr3t-value") && !shown.contains("987654321"), "{shown}");
+    assert!(
+        !shown.contains("s3cr3t-value") && !shown.contains("987654321"),
+        "{shown}"
+    );
     let good = "amqp: {url: \"amqp://u:s3cr3t-value@h:5672/%2f\"}\nprofiles:\n  - id: a\n    url: http://h/\n    signing: {secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}\n    auth: {type: oauth2, url: http://h/t, client_id: c, client_secret: \"${SECRET}\"}\n  - {id: b, url: \"http://h/\", auth: {type: bearer, token: \"${SECRET}\"}}\n  - {id: c, url: \"http://h/\", auth: {type: api_key, value: \"App ${SECRET}\"}}\n";
     let config = parse(good).unwrap();
     let debug = format!("{config:?}");
-    for secret in ["s3cr3t-value", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "czNjcjN0"] {
+    for secret in [
+        "s3cr3t-value",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "czNjcjN0",
+    ] {
         assert!(!debug.contains(secret), "{secret} in {debug}");
     }
 }
@@ -126,7 +176,13 @@ fn secrets_never_appear_in_errors_or_debug() {
 fn auth_keys_must_fit_the_type() {
     let err = parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: bearer, token: t, client_id: c}\n").unwrap_err();
     assert_eq!(err.issues[0].path, "profiles[0].auth.client_id");
-    assert!(err.issues[0].message.contains("does not apply to auth type bearer"));
-    let err = parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: basic, username: u}\n").unwrap_err();
+    assert!(
+        err.issues[0]
+            .message
+            .contains("does not apply to auth type bearer")
+    );
+    let err =
+        parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: basic, username: u}\n")
+            .unwrap_err();
     assert_eq!(err.issues[0].path, "profiles[0].auth.password");
 }

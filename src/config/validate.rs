@@ -12,9 +12,9 @@ use serde_saphyr::{Location, Spanned};
 
 use super::raw::{RawAuth, RawConfig, RawProfile, RawSecret, S};
 use super::{AmqpConfig, Config, DeliveryConfig, Issue, LogConfig, LogFormat, MetricsConfig};
+use crate::auth::Auth;
 use crate::auth::oauth2::{ClientAuth, OAuth2};
 use crate::auth::token::{ExpirationFormat, FieldPath, ResponseShape};
-use crate::auth::Auth;
 use crate::profile::{Profile, Profiles};
 use crate::retry::RetryPolicy;
 use crate::sign::{self, Signer};
@@ -23,7 +23,10 @@ use crate::sign::{self, Signer};
 const MAX_DELAY_LIMIT: Duration = Duration::from_secs(24 * 24 * 3600);
 
 pub(crate) fn parse_issue(e: &serde_saphyr::Error) -> Issue {
-    let location = e.location().filter(|l| l.line() > 0).map(|l| (l.line(), l.column()));
+    let location = e
+        .location()
+        .filter(|l| l.line() > 0)
+        .map(|l| (l.line(), l.column()));
     let message = e.without_snippet().to_string();
     Issue {
         path: String::new(),
@@ -57,13 +60,25 @@ impl Issues {
             }
             Ok(d) => d,
             Err(e) => {
-                self.add(path, Some(&v.referenced), format!("{:?} is not a duration ({e}); use e.g. 500ms, 30s, 5m, 2h", v.value));
+                self.add(
+                    path,
+                    Some(&v.referenced),
+                    format!(
+                        "{:?} is not a duration ({e}); use e.g. 500ms, 30s, 5m, 2h",
+                        v.value
+                    ),
+                );
                 default
             }
         }
     }
 
-    fn headers(&mut self, path: &str, at: Option<&Location>, raw: &BTreeMap<String, String>) -> HeaderMap {
+    fn headers(
+        &mut self,
+        path: &str,
+        at: Option<&Location>,
+        raw: &BTreeMap<String, String>,
+    ) -> HeaderMap {
         let mut out = HeaderMap::new();
         for (name, value) in raw {
             let key = format!("{path}.{name}");
@@ -78,7 +93,12 @@ impl Issues {
         out
     }
 
-    fn url(&mut self, path: &str, at: Option<&Location>, v: &Option<S<String>>) -> Option<reqwest::Url> {
+    fn url(
+        &mut self,
+        path: &str,
+        at: Option<&Location>,
+        v: &Option<S<String>>,
+    ) -> Option<reqwest::Url> {
         let Some(v) = v else {
             self.add(path, at, "is required");
             return None;
@@ -86,7 +106,11 @@ impl Issues {
         match reqwest::Url::parse(&v.value) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             Ok(_) => {
-                self.add(path, Some(&v.referenced), "must be an http:// or https:// URL with a host");
+                self.add(
+                    path,
+                    Some(&v.referenced),
+                    "must be an http:// or https:// URL with a host",
+                );
                 None
             }
             Err(e) => {
@@ -96,7 +120,12 @@ impl Issues {
         }
     }
 
-    fn field_path(&mut self, path: &str, v: &Option<S<String>>, default: Option<&str>) -> Option<FieldPath> {
+    fn field_path(
+        &mut self,
+        path: &str,
+        v: &Option<S<String>>,
+        default: Option<&str>,
+    ) -> Option<FieldPath> {
         let (text, at) = match v {
             Some(v) => (v.value.as_str(), Some(&v.referenced)),
             None => (default?, None),
@@ -104,7 +133,11 @@ impl Issues {
         match FieldPath::parse(text) {
             Ok(p) => Some(p),
             Err(e) => {
-                self.add(path, at, format!("{text:?} is not a JSONPath (RFC 9535): {e}"));
+                self.add(
+                    path,
+                    at,
+                    format!("{text:?} is not a JSONPath (RFC 9535): {e}"),
+                );
                 None
             }
         }
@@ -118,11 +151,19 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<Issue>> {
     let delivery = DeliveryConfig {
         concurrency: positive(&mut issues, "delivery.concurrency", &d.concurrency, 256) as usize,
         timeout: issues.duration("delivery.timeout", &d.timeout, Duration::from_secs(15)),
-        connect_timeout: issues.duration("delivery.connect_timeout", &d.connect_timeout, Duration::from_secs(5)),
+        connect_timeout: issues.duration(
+            "delivery.connect_timeout",
+            &d.connect_timeout,
+            Duration::from_secs(5),
+        ),
         max_body_bytes: match &d.max_body_bytes {
             None => 1_048_576,
             Some(v) if v.value == 0 || v.value > 128 * 1024 * 1024 => {
-                issues.add("delivery.max_body_bytes", Some(&v.referenced), "must be from 1 to 134217728 (the broker's own limit)");
+                issues.add(
+                    "delivery.max_body_bytes",
+                    Some(&v.referenced),
+                    "must be from 1 to 134217728 (the broker's own limit)",
+                );
                 1_048_576
             }
             Some(v) => v.value as usize,
@@ -133,7 +174,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<Issue>> {
         listen: match &raw.metrics.listen {
             None => SocketAddr::from(([0, 0, 0, 0], 9464)),
             Some(v) => v.value.parse().unwrap_or_else(|_| {
-                issues.add("metrics.listen", Some(&v.referenced), format!("{:?} is not an address:port such as 0.0.0.0:9464", v.value));
+                issues.add(
+                    "metrics.listen",
+                    Some(&v.referenced),
+                    format!("{:?} is not an address:port such as 0.0.0.0:9464", v.value),
+                );
                 SocketAddr::from(([0, 0, 0, 0], 9464))
             }),
         },
@@ -143,19 +188,31 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<Issue>> {
             None | Some(("json", _)) => LogFormat::Json,
             Some(("text", _)) => LogFormat::Text,
             Some((other, v)) => {
-                issues.add("log.format", Some(&v.referenced), format!("{other:?} is not one of json, text"));
+                issues.add(
+                    "log.format",
+                    Some(&v.referenced),
+                    format!("{other:?} is not one of json, text"),
+                );
                 LogFormat::Json
             }
         },
     };
     let profiles = match &raw.profiles {
         None => {
-            issues.add("profiles", None, "is required: list at least one callback profile");
+            issues.add(
+                "profiles",
+                None,
+                "is required: list at least one callback profile",
+            );
             Vec::new()
         }
         Some(list) => {
             if list.is_empty() {
-                issues.add("profiles", None, "is empty: list at least one callback profile");
+                issues.add(
+                    "profiles",
+                    None,
+                    "is empty: list at least one callback profile",
+                );
             }
             let mut seen = HashSet::new();
             list.iter()
@@ -201,17 +258,27 @@ fn amqp(issues: &mut Issues, raw: &RawConfig) -> AmqpConfig {
         issues.add("amqp.url", None, "is not an amqp:// or amqps:// URI");
     }
     let name = |issues: &mut Issues, path: &str, v: &Option<S<String>>| -> String {
-        let Some(v) = v else { return "callbacks".into() };
+        let Some(v) = v else {
+            return "callbacks".into();
+        };
         // Room for the longest derived name, `<queue>.delay.<ms>`, within AMQP's 255 bytes.
         if v.value.is_empty() || v.value.len() > 200 || v.value.starts_with("amq.") {
-            issues.add(path, Some(&v.referenced), "must be 1 to 200 bytes and not start with amq.");
+            issues.add(
+                path,
+                Some(&v.referenced),
+                "must be 1 to 200 bytes and not start with amq.",
+            );
         }
         v.value.clone()
     };
     let prefetch = match &a.prefetch {
         None => 256,
         Some(v) if v.value == 0 || v.value > u32::from(u16::MAX) => {
-            issues.add("amqp.prefetch", Some(&v.referenced), "must be from 1 to 65535");
+            issues.add(
+                "amqp.prefetch",
+                Some(&v.referenced),
+                "must be from 1 to 65535",
+            );
             256
         }
         Some(v) => v.value as u16,
@@ -227,14 +294,23 @@ fn amqp(issues: &mut Issues, raw: &RawConfig) -> AmqpConfig {
 fn retry(issues: &mut Issues, raw: &RawConfig) -> RetryPolicy {
     let r = &raw.retry;
     let d = RetryPolicy::default();
-    let max_attempts = positive(issues, "retry.max_attempts", &r.max_attempts, d.max_attempts);
+    let max_attempts = positive(
+        issues,
+        "retry.max_attempts",
+        &r.max_attempts,
+        d.max_attempts,
+    );
     let initial_delay = issues.duration("retry.initial_delay", &r.initial_delay, d.initial_delay);
     let max_delay = issues.duration("retry.max_delay", &r.max_delay, d.max_delay);
     let multiplier = match &r.multiplier {
         None => d.multiplier,
         Some(v) if v.value.is_finite() && v.value >= 1.0 => v.value,
         Some(v) => {
-            issues.add("retry.multiplier", Some(&v.referenced), "must be a number of at least 1.0");
+            issues.add(
+                "retry.multiplier",
+                Some(&v.referenced),
+                "must be a number of at least 1.0",
+            );
             d.multiplier
         }
     };
@@ -242,19 +318,35 @@ fn retry(issues: &mut Issues, raw: &RawConfig) -> RetryPolicy {
         None => d.jitter,
         Some(v) if (0.0..1.0).contains(&v.value) => v.value,
         Some(v) => {
-            issues.add("retry.jitter", Some(&v.referenced), "must be at least 0 and below 1");
+            issues.add(
+                "retry.jitter",
+                Some(&v.referenced),
+                "must be at least 0 and below 1",
+            );
             d.jitter
         }
     };
     let at = |v: &Option<S<String>>| v.as_ref().map(|v| v.referenced);
     if initial_delay < Duration::from_millis(1) {
-        issues.add("retry.initial_delay", at(&r.initial_delay).as_ref(), "must be at least 1ms");
+        issues.add(
+            "retry.initial_delay",
+            at(&r.initial_delay).as_ref(),
+            "must be at least 1ms",
+        );
     }
     if max_delay < initial_delay {
-        issues.add("retry.max_delay", at(&r.max_delay).as_ref(), "must not be shorter than retry.initial_delay");
+        issues.add(
+            "retry.max_delay",
+            at(&r.max_delay).as_ref(),
+            "must not be shorter than retry.initial_delay",
+        );
     }
     if max_delay > MAX_DELAY_LIMIT {
-        issues.add("retry.max_delay", at(&r.max_delay).as_ref(), "must be at most 24 days (the broker's TTL limit)");
+        issues.add(
+            "retry.max_delay",
+            at(&r.max_delay).as_ref(),
+            "must be at most 24 days (the broker's TTL limit)",
+        );
     }
     RetryPolicy {
         max_attempts,
@@ -267,10 +359,18 @@ fn retry(issues: &mut Issues, raw: &RawConfig) -> RetryPolicy {
 }
 
 fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-fn profile(issues: &mut Issues, seen: &mut HashSet<String>, i: usize, spanned: &Spanned<RawProfile>) -> Option<Profile> {
+fn profile(
+    issues: &mut Issues,
+    seen: &mut HashSet<String>,
+    i: usize,
+    spanned: &Spanned<RawProfile>,
+) -> Option<Profile> {
     let p = &spanned.value;
     let at = Some(&spanned.referenced);
     let path = format!("profiles[{i}]");
@@ -281,12 +381,20 @@ fn profile(issues: &mut Issues, seen: &mut HashSet<String>, i: usize, spanned: &
             String::new()
         }
         Some(v) if !valid_id(&v.value) => {
-            issues.add(format!("{path}.id"), Some(&v.referenced), format!("{:?} must be 1 to 64 of A-Z a-z 0-9 _ . -", v.value));
+            issues.add(
+                format!("{path}.id"),
+                Some(&v.referenced),
+                format!("{:?} must be 1 to 64 of A-Z a-z 0-9 _ . -", v.value),
+            );
             v.value.clone()
         }
         Some(v) => {
             if !seen.insert(v.value.clone()) {
-                issues.add(format!("{path}.id"), Some(&v.referenced), format!("{:?} is used by an earlier profile", v.value));
+                issues.add(
+                    format!("{path}.id"),
+                    Some(&v.referenced),
+                    format!("{:?} is used by an earlier profile", v.value),
+                );
             }
             v.value.clone()
         }
@@ -294,20 +402,33 @@ fn profile(issues: &mut Issues, seen: &mut HashSet<String>, i: usize, spanned: &
     let url = issues.url(&format!("{path}.url"), at, &p.url);
     let method = match p.method.as_ref().map(|m| (m.value.to_ascii_uppercase(), m)) {
         None => Method::POST,
-        Some((m, _)) if ["POST", "PUT", "PATCH", "GET", "DELETE"].contains(&m.as_str()) => Method::from_str(&m).expect("listed methods parse"),
+        Some((m, _)) if ["POST", "PUT", "PATCH", "GET", "DELETE"].contains(&m.as_str()) => {
+            Method::from_str(&m).expect("listed methods parse")
+        }
         Some((_, v)) => {
-            issues.add(format!("{path}.method"), Some(&v.referenced), format!("{:?} is not one of POST, PUT, PATCH, GET, DELETE", v.value));
+            issues.add(
+                format!("{path}.method"),
+                Some(&v.referenced),
+                format!("{:?} is not one of POST, PUT, PATCH, GET, DELETE", v.value),
+            );
             Method::POST
         }
     };
     let headers = issues.headers(&format!("{path}.headers"), at, &p.headers);
-    let timeout = p
-        .timeout
-        .as_ref()
-        .map(|_| issues.duration(&format!("{path}.timeout"), &p.timeout, Duration::from_secs(15)));
-    let signer = p.signing.as_ref().and_then(|s| {
+    let timeout = p.timeout.as_ref().map(|_| {
+        issues.duration(
+            &format!("{path}.timeout"),
+            &p.timeout,
+            Duration::from_secs(15),
+        )
+    });
+    let signer = p.signing.as_ref().map(|s| {
         if s.secrets.is_empty() {
-            issues.add(format!("{path}.signing.secrets"), at, "is empty: list at least one secret, or leave signing out");
+            issues.add(
+                format!("{path}.signing.secrets"),
+                at,
+                "is empty: list at least one secret, or leave signing out",
+            );
         }
         let keys: Vec<_> = s
             .secrets
@@ -315,11 +436,13 @@ fn profile(issues: &mut Issues, seen: &mut HashSet<String>, i: usize, spanned: &
             .enumerate()
             .filter_map(|(k, secret)| {
                 sign::decode_secret(&secret.0)
-                    .map_err(|e| issues.add(format!("{path}.signing.secrets[{k}]"), at, e.to_string()))
+                    .map_err(|e| {
+                        issues.add(format!("{path}.signing.secrets[{k}]"), at, e.to_string())
+                    })
                     .ok()
             })
             .collect();
-        Some(Signer::new(keys))
+        Signer::new(keys)
     });
     let auth = match &p.auth {
         None => Auth::None,
@@ -341,8 +464,20 @@ fn profile(issues: &mut Issues, seen: &mut HashSet<String>, i: usize, spanned: &
 
 /// Keys of `RawAuth` that belong to one type only, to report strays.
 const OAUTH2_KEYS: &[&str] = &[
-    "grant_type", "method", "url", "client_id", "client_secret", "client_auth", "scope", "params", "headers",
-    "token_field_path", "expiration_field_path", "expiration_format", "token_type_field_path", "auth_algorithm",
+    "grant_type",
+    "method",
+    "url",
+    "client_id",
+    "client_secret",
+    "client_auth",
+    "scope",
+    "params",
+    "headers",
+    "token_field_path",
+    "expiration_field_path",
+    "expiration_format",
+    "token_type_field_path",
+    "auth_algorithm",
     "refresh_before_expiry",
 ];
 
@@ -369,7 +504,11 @@ fn present_keys(a: &RawAuth) -> Vec<&'static str> {
         ("header", a.header.is_some()),
         ("value", a.value.is_some()),
     ];
-    flags.into_iter().filter(|(_, set)| *set).map(|(k, _)| k).collect()
+    flags
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| k)
+        .collect()
 }
 
 fn sensitive(text: &str) -> Option<HeaderValue> {
@@ -388,35 +527,58 @@ fn auth(issues: &mut Issues, path: &str, a: &RawAuth, at: &Location) -> Auth {
         "oauth2" => OAUTH2_KEYS,
         other => {
             let kat = a.kind.as_ref().map(|k| k.referenced);
-            issues.add(format!("{path}.type"), kat.as_ref(), format!("{other:?} is not one of none, basic, bearer, api_key, oauth2"));
+            issues.add(
+                format!("{path}.type"),
+                kat.as_ref(),
+                format!("{other:?} is not one of none, basic, bearer, api_key, oauth2"),
+            );
             return Auth::None;
         }
     };
     for key in present_keys(a).into_iter().filter(|k| !allowed.contains(k)) {
-        issues.add(format!("{path}.{key}"), Some(at), format!("does not apply to auth type {kind}"));
+        issues.add(
+            format!("{path}.{key}"),
+            Some(at),
+            format!("does not apply to auth type {kind}"),
+        );
     }
     let required = |issues: &mut Issues, key: &str, v: Option<&RawSecret>| -> Option<String> {
         match v {
             Some(s) => Some(s.0.expose_secret().to_owned()),
             None => {
-                issues.add(format!("{path}.{key}"), Some(at), format!("is required for auth type {kind}"));
+                issues.add(
+                    format!("{path}.{key}"),
+                    Some(at),
+                    format!("is required for auth type {kind}"),
+                );
                 None
             }
         }
     };
     let bad_value = |issues: &mut Issues, key: &str| {
-        issues.add(format!("{path}.{key}"), Some(at), "holds characters not allowed in an HTTP header");
+        issues.add(
+            format!("{path}.{key}"),
+            Some(at),
+            "holds characters not allowed in an HTTP header",
+        );
     };
     match kind {
         "basic" => {
             let user = a.username.clone();
             if user.is_none() {
-                issues.add(format!("{path}.username"), Some(at), "is required for auth type basic");
+                issues.add(
+                    format!("{path}.username"),
+                    Some(at),
+                    "is required for auth type basic",
+                );
             }
             let password = required(issues, "password", a.password.as_ref());
-            let (Some(user), Some(password)) = (user, password) else { return Auth::None };
+            let (Some(user), Some(password)) = (user, password) else {
+                return Auth::None;
+            };
             use base64::Engine;
-            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             Auth::Static {
                 header: AUTHORIZATION,
                 value: sensitive(&format!("Basic {encoded}")).expect("base64 is header-safe"),
@@ -425,7 +587,10 @@ fn auth(issues: &mut Issues, path: &str, a: &RawAuth, at: &Location) -> Auth {
         "bearer" => match required(issues, "token", a.token.as_ref()) {
             None => Auth::None,
             Some(t) => match sensitive(&format!("Bearer {t}")) {
-                Some(value) => Auth::Static { header: AUTHORIZATION, value },
+                Some(value) => Auth::Static {
+                    header: AUTHORIZATION,
+                    value,
+                },
                 None => {
                     bad_value(issues, "token");
                     Auth::None
@@ -436,7 +601,11 @@ fn auth(issues: &mut Issues, path: &str, a: &RawAuth, at: &Location) -> Auth {
             let header = match &a.header {
                 None => Some(AUTHORIZATION),
                 Some(h) => HeaderName::from_str(&h.value).ok().or_else(|| {
-                    issues.add(format!("{path}.header"), Some(&h.referenced), "is not a valid HTTP header name");
+                    issues.add(
+                        format!("{path}.header"),
+                        Some(&h.referenced),
+                        "is not a valid HTTP header name",
+                    );
                     None
                 }),
             };
@@ -451,7 +620,7 @@ fn auth(issues: &mut Issues, path: &str, a: &RawAuth, at: &Location) -> Auth {
                 _ => Auth::None,
             }
         }
-        "oauth2" => oauth2(issues, path, a, at).map_or(Auth::None, Auth::OAuth2),
+        "oauth2" => oauth2(issues, path, a, at).map_or(Auth::None, |o| Auth::OAuth2(Box::new(o))),
         _ => Auth::None,
     }
 }
@@ -474,9 +643,15 @@ fn oauth2(issues: &mut Issues, path: &str, a: &RawAuth, at: &Location) -> Option
     }
     let method = match a.method.as_ref().map(|m| (m.value.to_ascii_uppercase(), m)) {
         None => Method::POST,
-        Some((m, _)) if ["GET", "POST", "PUT"].contains(&m.as_str()) => Method::from_str(&m).expect("listed methods parse"),
+        Some((m, _)) if ["GET", "POST", "PUT"].contains(&m.as_str()) => {
+            Method::from_str(&m).expect("listed methods parse")
+        }
         Some((_, v)) => {
-            issues.add(p("method"), Some(&v.referenced), format!("{:?} is not one of GET, POST, PUT", v.value));
+            issues.add(
+                p("method"),
+                Some(&v.referenced),
+                format!("{:?} is not one of GET, POST, PUT", v.value),
+            );
             Method::POST
         }
     };
@@ -485,28 +660,59 @@ fn oauth2(issues: &mut Issues, path: &str, a: &RawAuth, at: &Location) -> Option
         issues.add(p("client_id"), Some(at), "is required for auth type oauth2");
     }
     if a.client_secret.is_none() {
-        issues.add(p("client_secret"), Some(at), "is required for auth type oauth2");
+        issues.add(
+            p("client_secret"),
+            Some(at),
+            "is required for auth type oauth2",
+        );
     }
     let client_auth = match a.client_auth.as_ref().map(|c| (c.value.as_str(), c)) {
         None | Some(("request_body", _)) => ClientAuth::RequestBody,
         Some(("basic_header", _)) => ClientAuth::BasicHeader,
         Some(("json_body", _)) => ClientAuth::JsonBody,
         Some((other, v)) => {
-            issues.add(p("client_auth"), Some(&v.referenced), format!("{other:?} is not one of request_body, basic_header, json_body"));
+            issues.add(
+                p("client_auth"),
+                Some(&v.referenced),
+                format!("{other:?} is not one of request_body, basic_header, json_body"),
+            );
             ClientAuth::RequestBody
         }
     };
-    let token_path = issues.field_path(&p("token_field_path"), &a.token_field_path, Some("$.access_token"));
-    let expiration = issues.field_path(&p("expiration_field_path"), &a.expiration_field_path, Some("$.expires_in"));
-    let token_type = issues.field_path(&p("token_type_field_path"), &a.token_type_field_path, Some("$.token_type"));
+    let token_path = issues.field_path(
+        &p("token_field_path"),
+        &a.token_field_path,
+        Some("$.access_token"),
+    );
+    let expiration = issues.field_path(
+        &p("expiration_field_path"),
+        &a.expiration_field_path,
+        Some("$.expires_in"),
+    );
+    let token_type = issues.field_path(
+        &p("token_type_field_path"),
+        &a.token_type_field_path,
+        Some("$.token_type"),
+    );
     let expiration_format = match &a.expiration_format {
         None => ExpirationFormat::Auto,
         Some(v) => ExpirationFormat::parse(&v.value).unwrap_or_else(|| {
-            issues.add(p("expiration_format"), Some(&v.referenced), format!("{:?} is not one of auto, seconds, unix_seconds, unix_millis, rfc3339", v.value));
+            issues.add(
+                p("expiration_format"),
+                Some(&v.referenced),
+                format!(
+                    "{:?} is not one of auto, seconds, unix_seconds, unix_millis, rfc3339",
+                    v.value
+                ),
+            );
             ExpirationFormat::Auto
         }),
     };
-    let refresh_before_expiry = issues.duration(&p("refresh_before_expiry"), &a.refresh_before_expiry, Duration::from_secs(30));
+    let refresh_before_expiry = issues.duration(
+        &p("refresh_before_expiry"),
+        &a.refresh_before_expiry,
+        Duration::from_secs(30),
+    );
     let headers = issues.headers(&p("headers"), Some(at), &a.headers);
     let algorithm = a.auth_algorithm.as_ref().map(|v| v.value.clone());
     Some(OAuth2 {
@@ -516,7 +722,11 @@ fn oauth2(issues: &mut Issues, path: &str, a: &RawAuth, at: &Location) -> Option
         client_secret: a.client_secret.as_ref()?.0.clone(),
         client_auth,
         scope: a.scope.clone(),
-        params: a.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        params: a
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         headers,
         shape: ResponseShape {
             token: token_path?,

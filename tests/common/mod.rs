@@ -12,7 +12,10 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use callback_dispatcher::config::Config;
 use callback_dispatcher::topology::Topology;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
@@ -28,7 +31,10 @@ where
 {
     let deadline = Instant::now() + limit;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -46,7 +52,9 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
     }
 }
 
@@ -60,7 +68,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Self { status, headers: vec![], body: String::new(), delay: Duration::ZERO }
+        Self {
+            status,
+            headers: vec![],
+            body: String::new(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn json(status: u16, body: serde_json::Value) -> Self {
         Self {
@@ -91,8 +104,14 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static) -> Server {
-        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), script).await
+    pub async fn start(
+        script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Server {
+        Self::start_on(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            script,
+        )
+        .await
     }
 
     pub async fn start_on(
@@ -106,7 +125,9 @@ impl Server {
             let (recs, script) = (recs.clone(), script.clone());
             async move {
                 let (parts, body) = req.into_parts();
-                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+                let body = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .unwrap_or_default();
                 let rec = Recorded {
                     method: parts.method,
                     uri: parts.uri.to_string(),
@@ -152,7 +173,12 @@ impl Server {
     }
 
     pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Recorded> {
-        wait_until(limit, &format!("{n} request(s) at {}", self.addr), || async { self.count() >= n }).await;
+        wait_until(
+            limit,
+            &format!("{n} request(s) at {}", self.addr),
+            || async { self.count() >= n },
+        )
+        .await;
         self.all()
     }
 }
@@ -172,7 +198,9 @@ impl Running {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let resp = reqwest::get(format!("http://{}{path}", self.metrics_addr)).await.unwrap();
+        let resp = reqwest::get(format!("http://{}{path}", self.metrics_addr))
+            .await
+            .unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
@@ -183,12 +211,18 @@ impl Running {
 }
 
 /// Samples of a Prometheus text exposition: (name, sorted labels) -> value.
-pub struct Metrics(pub Vec<(String, Vec<(String, String)>, f64)>);
+/// One sample: name, sorted labels, value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+pub struct Metrics(pub Vec<Sample>);
 
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {
         let mut out = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let (series, value) = line.rsplit_once(' ').expect("sample line");
             let (name, labels) = match series.split_once('{') {
                 None => (series.to_owned(), vec![]),
@@ -213,7 +247,10 @@ impl Metrics {
 
     /// The value of `name` with exactly these labels, 0 when absent.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut want: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         want.sort();
         self.0
             .iter()
@@ -255,7 +292,8 @@ impl Env {
     }
 
     pub fn config(&self, yaml: &str) -> Config {
-        let config = Config::from_yaml(yaml, Path::new("test.yaml"), |_| None).unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::from_yaml(yaml, Path::new("test.yaml"), |_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
         *self.topology.lock().unwrap() = Some(Topology::new(&config));
         config
     }
@@ -268,24 +306,39 @@ impl Env {
         let join = tokio::spawn(worker.run(async move {
             let _ = rx.await;
         }));
-        let running = Running { metrics_addr, stop: Some(tx), join };
-        wait_until(Duration::from_secs(20), "worker ready", || async { running.get("/readyz").await.0 == 200 }).await;
+        let running = Running {
+            metrics_addr,
+            stop: Some(tx),
+            join,
+        };
+        wait_until(Duration::from_secs(20), "worker ready", || async {
+            running.get("/readyz").await.0 == 200
+        })
+        .await;
         running
     }
 
     pub async fn connect(&self) -> Connection {
-        Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap()
+        Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap()
     }
 
     /// Publish events to the work exchange with confirms. `build` sets properties per event.
-    pub async fn publish_many(&self, n: usize, build: impl Fn(usize) -> (BasicProperties, Vec<u8>)) {
+    pub async fn publish_many(
+        &self,
+        n: usize,
+        build: impl Fn(usize) -> (BasicProperties, Vec<u8>),
+    ) {
         let conn = self.connect().await;
         let ch = conn.create_channel().await.unwrap();
         let topology = self.topology.lock().unwrap().clone();
         if let Some(t) = topology {
             t.declare(&ch).await.unwrap(); // as a publisher would; idempotent
         }
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
         let mut pending = Vec::new();
         for i in 0..n {
             let (props, body) = build(i);
@@ -293,7 +346,10 @@ impl Env {
                 ch.basic_publish(
                     self.queue.as_str().into(),
                     self.queue.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &body,
                     props.with_delivery_mode(2),
                 )
@@ -310,7 +366,8 @@ impl Env {
     pub async fn publish(&self, profile: Option<&str>, id: &str, body: &[u8]) {
         let props = event_props(profile, id);
         let body = body.to_vec();
-        self.publish_many(1, move |_| (props.clone(), body.clone())).await;
+        self.publish_many(1, move |_| (props.clone(), body.clone()))
+            .await;
     }
 
     /// Take every message off the dead-letter queue.
@@ -319,7 +376,10 @@ impl Env {
         let ch = conn.create_channel().await.unwrap();
         let mut out = Vec::new();
         while let Some(m) = ch
-            .basic_get(format!("{}.dead", self.queue).as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                format!("{}.dead", self.queue).as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await
             .unwrap()
         {
@@ -335,7 +395,11 @@ impl Env {
         let mut got = Vec::new();
         let deadline = Instant::now() + limit;
         while got.len() < n {
-            assert!(Instant::now() < deadline, "timed out waiting for {n} dead letters, have {}", got.len());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} dead letters, have {}",
+                got.len()
+            );
             got.extend(self.dead_letters().await);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -343,16 +407,32 @@ impl Env {
     }
 
     fn cleanup_blocking(&self) {
-        let Some(topology) = self.topology.lock().unwrap().take() else { return };
+        let Some(topology) = self.topology.lock().unwrap().take() else {
+            return;
+        };
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
+                let Ok(conn) =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                else {
+                    return;
+                };
                 let ch = conn.create_channel().await.unwrap();
                 for q in topology.queues() {
-                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
                 }
-                let _ = ch.exchange_delete(topology.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                let _ = ch
+                    .exchange_delete(
+                        topology.exchange.as_str().into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
                 let _ = conn.close(200, "".into()).await;
             });
         })
@@ -421,7 +501,11 @@ pub fn verify_signature(secret: &str, r: &Recorded) -> bool {
 
 /// A free port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Process {
@@ -452,11 +536,18 @@ impl Process {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Process { child, metrics_port: port, log, _dir: dir }
+        Process {
+            child,
+            metrics_port: port,
+            log,
+            _dir: dir,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.metrics_port)).await.ok()?;
+        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.metrics_port))
+            .await
+            .ok()?;
         Some((resp.status().as_u16(), resp.text().await.ok()?))
     }
 

@@ -39,7 +39,11 @@ fn expiry_table() {
         (json!("2023-11-14T22:13:20Z"), Auto, Ok(at(NOW))),
         (json!("2023-11-15T00:13:20+02:00"), Rfc3339, Ok(at(NOW))),
         (json!("2023-11-14T21:13:20-01:00"), Auto, Ok(at(NOW))),
-        (json!("2023-11-14T22:13:20.5Z"), Rfc3339, Ok(at(NOW) + Duration::from_millis(500))),
+        (
+            json!("2023-11-14T22:13:20.5Z"),
+            Rfc3339,
+            Ok(at(NOW) + Duration::from_millis(500)),
+        ),
         (json!(0), Seconds, Err(())),
         (json!(-5), Auto, Err(())),
         (json!("soon"), Auto, Err(())),
@@ -76,7 +80,10 @@ fn scheme_table() {
 
 #[test]
 fn jwt_table() {
-    let good = jwt(json!({"alg": "RS256", "typ": "JWT"}), json!({"exp": 1_700_000_600}));
+    let good = jwt(
+        json!({"alg": "RS256", "typ": "JWT"}),
+        json!({"exp": 1_700_000_600}),
+    );
     assert_eq!(
         Jwt::read(&good),
         Some(Jwt {
@@ -86,7 +93,13 @@ fn jwt_table() {
     );
     let no_exp = jwt(json!({"alg": "HS256"}), json!({"sub": "x"}));
     assert_eq!(Jwt::read(&no_exp).unwrap().exp, None);
-    for not_jwt in ["opaque-token", "a.b", "a.b.c.d", "!!!.###.sig", &format!("{}.e30.x", URL_SAFE_NO_PAD.encode("[1]"))] {
+    for not_jwt in [
+        "opaque-token",
+        "a.b",
+        "a.b.c.d",
+        "!!!.###.sig",
+        &format!("{}.e30.x", URL_SAFE_NO_PAD.encode("[1]")),
+    ] {
         assert_eq!(Jwt::read(not_jwt), None, "{not_jwt}");
     }
 }
@@ -97,7 +110,10 @@ fn basic_encoding_form_encodes_each_part_first() {
     let got = basic_credentials("client id", "s$ @+/=");
     let want = format!("Basic {}", STANDARD.encode("client+id:s%24+%40%2B%2F%3D"));
     assert_eq!(got, want);
-    assert_eq!(basic_credentials("abc", "def"), format!("Basic {}", STANDARD.encode("abc:def")));
+    assert_eq!(
+        basic_credentials("abc", "def"),
+        format!("Basic {}", STANDARD.encode("abc:def"))
+    );
 }
 
 #[test]
@@ -118,7 +134,12 @@ fn reuse_table() {
 #[test]
 fn kaleyra_style_string_numbers() {
     let body = br#"{"token_type":"Bearer","expires_in":"3599","ext_expires_in":"3599","expires_on":"1686632570","not_before":"1686628670","resource":"00000002-0000-0000-c000-000000000000","access_token":"eyJ0eXAi"}"#;
-    let s = shape("$.access_token", Some("$.expires_in"), ExpirationFormat::Auto, Some("$.token_type"));
+    let s = shape(
+        "$.access_token",
+        Some("$.expires_in"),
+        ExpirationFormat::Auto,
+        Some("$.token_type"),
+    );
     let got = extract(body, &s, at(NOW)).unwrap();
     assert_eq!(got.token.expose_secret(), "eyJ0eXAi");
     assert_eq!(got.scheme, "Bearer");
@@ -128,7 +149,12 @@ fn kaleyra_style_string_numbers() {
 #[test]
 fn infobip_style_nested_with_scheme() {
     let body = br#"{"data":{"token":"tok-123","tokenType":"IBSSO","expiresAt":1700003600}}"#;
-    let s = shape("$.data.token", Some("$.data.expiresAt"), ExpirationFormat::UnixSeconds, Some("$.data.tokenType"));
+    let s = shape(
+        "$.data.token",
+        Some("$.data.expiresAt"),
+        ExpirationFormat::UnixSeconds,
+        Some("$.data.tokenType"),
+    );
     let got = extract(body, &s, at(NOW)).unwrap();
     assert_eq!(got.token.expose_secret(), "tok-123");
     assert_eq!(got.scheme, "IBSSO");
@@ -139,36 +165,80 @@ fn infobip_style_nested_with_scheme() {
 fn jwt_exp_is_the_fallback_then_300s() {
     let token = jwt(json!({"alg": "RS256"}), json!({"exp": NOW + 900}));
     let body = json!({ "access_token": token }).to_string();
-    let s = shape("$.access_token", Some("$.expires_in"), ExpirationFormat::Auto, None);
-    assert_eq!(extract(body.as_bytes(), &s, at(NOW)).unwrap().expires_at, at(NOW + 900));
+    let s = shape(
+        "$.access_token",
+        Some("$.expires_in"),
+        ExpirationFormat::Auto,
+        None,
+    );
+    assert_eq!(
+        extract(body.as_bytes(), &s, at(NOW)).unwrap().expires_at,
+        at(NOW + 900)
+    );
     let opaque = br#"{"access_token":"opaque"}"#;
-    assert_eq!(extract(opaque, &s, at(NOW)).unwrap().expires_at, at(NOW + 300));
+    assert_eq!(
+        extract(opaque, &s, at(NOW)).unwrap().expires_at,
+        at(NOW + 300)
+    );
     let null_expiry = br#"{"access_token":"opaque","expires_in":null}"#;
-    assert_eq!(extract(null_expiry, &s, at(NOW)).unwrap().expires_at, at(NOW + 300));
+    assert_eq!(
+        extract(null_expiry, &s, at(NOW)).unwrap().expires_at,
+        at(NOW + 300)
+    );
 }
 
 #[test]
 fn bad_responses_table() {
-    let s = shape("$.access_token", Some("$.expires_in"), ExpirationFormat::Auto, Some("$.token_type"));
+    let s = shape(
+        "$.access_token",
+        Some("$.expires_in"),
+        ExpirationFormat::Auto,
+        Some("$.token_type"),
+    );
     let expired_jwt = jwt(json!({"alg": "RS256"}), json!({"exp": NOW - 1}));
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"<html>oops</html>".to_vec(), "response is not JSON"),
         (b"".to_vec(), "response is not JSON"),
         (br#"{"token":"x"}"#.to_vec(), "no token at $.access_token"),
-        (br#"{"access_token":""}"#.to_vec(), "no token at $.access_token"),
+        (
+            br#"{"access_token":""}"#.to_vec(),
+            "no token at $.access_token",
+        ),
         (
             br#"{"error":"invalid_client","error_description":"bad secret"}"#.to_vec(),
             "no token at $.access_token (error: invalid_client, error_description: bad secret)",
         ),
-        (br#"{"access_token":42}"#.to_vec(), "the value at $.access_token is a number, not a string"),
-        (br#"{"access_token":{"v":"x"}}"#.to_vec(), "the value at $.access_token is an object, not a string"),
-        (br#"{"access_token":"x","expires_in":-10}"#.to_vec(), "bad expiry at $.expires_in: lifetime -10 is not positive"),
-        (br#"{"access_token":"x","expires_in":"later"}"#.to_vec(), "bad expiry at $.expires_in: \"later\" is not an RFC 3339 time"),
-        (br#"{"access_token":"x","expires_in":1e300}"#.to_vec(), "bad expiry at $.expires_in: 1e+300 is out of range"),
-        (json!({"access_token": expired_jwt}).to_string().into_bytes(), "bad expiry at JWT exp: the token has already expired"),
+        (
+            br#"{"access_token":42}"#.to_vec(),
+            "the value at $.access_token is a number, not a string",
+        ),
+        (
+            br#"{"access_token":{"v":"x"}}"#.to_vec(),
+            "the value at $.access_token is an object, not a string",
+        ),
+        (
+            br#"{"access_token":"x","expires_in":-10}"#.to_vec(),
+            "bad expiry at $.expires_in: lifetime -10 is not positive",
+        ),
+        (
+            br#"{"access_token":"x","expires_in":"later"}"#.to_vec(),
+            "bad expiry at $.expires_in: \"later\" is not an RFC 3339 time",
+        ),
+        (
+            br#"{"access_token":"x","expires_in":1e300}"#.to_vec(),
+            "bad expiry at $.expires_in: 1e+300 is out of range",
+        ),
+        (
+            json!({"access_token": expired_jwt})
+                .to_string()
+                .into_bytes(),
+            "bad expiry at JWT exp: the token has already expired",
+        ),
     ];
     for (body, want) in cases {
-        let err = extract(&body, &s, at(NOW)).err().unwrap_or_else(|| panic!("accepted {}", String::from_utf8_lossy(&body)));
+        let err = extract(&body, &s, at(NOW))
+            .err()
+            .unwrap_or_else(|| panic!("accepted {}", String::from_utf8_lossy(&body)));
         assert_eq!(err.to_string(), want);
     }
 }
@@ -181,11 +251,17 @@ fn algorithm_is_enforced() {
     let rs = jwt(json!({"alg": "RS256"}), json!({"exp": NOW + 60}));
     let body = |t: &str| json!({ "access_token": t }).to_string();
     assert_eq!(
-        extract(body(&hs).as_bytes(), &s, at(NOW)).err().unwrap().to_string(),
+        extract(body(&hs).as_bytes(), &s, at(NOW))
+            .err()
+            .unwrap()
+            .to_string(),
         "token JWT alg is HS256, auth_algorithm requires RS256"
     );
     assert_eq!(
-        extract(body("opaque").as_bytes(), &s, at(NOW)).err().unwrap().to_string(),
+        extract(body("opaque").as_bytes(), &s, at(NOW))
+            .err()
+            .unwrap()
+            .to_string(),
         "token is not a JWT, but auth_algorithm requires RS256"
     );
     assert!(extract(body(&rs).as_bytes(), &s, at(NOW)).is_ok());
@@ -194,7 +270,12 @@ fn algorithm_is_enforced() {
 #[test]
 fn errors_never_carry_the_token() {
     let s = {
-        let mut s = shape("$.access_token", Some("$.expires_in"), ExpirationFormat::Auto, None);
+        let mut s = shape(
+            "$.access_token",
+            Some("$.expires_in"),
+            ExpirationFormat::Auto,
+            None,
+        );
         s.algorithm = Some("RS256".into());
         s
     };

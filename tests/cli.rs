@@ -1,0 +1,253 @@
+//! The command line as an operator uses it: check-config, token, publish, dead-letters.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn bin(args: &[&str], config: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_callback-dispatcher"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
+    let p = dir.path().join("dispatcher.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+#[test]
+fn check_config_prints_a_summary_or_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = bin(
+        &["check-config"],
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/dispatcher.yaml"
+        )),
+    );
+    let (out, _) = text(&ok);
+    assert!(ok.status.success());
+    assert!(
+        out.contains("ok: 7 profile(s) (3 with oauth2), queue callbacks"),
+        "{out}"
+    );
+
+    let bad = write(
+        &dir,
+        "retry:\n  max_delay: 1ms\n  initial_delay: 1s\nprofiles:\n  - id: \"bad id!\"\n    url: nope\n    auth: {type: oauth2, grant_type: pkce, url: http://x/t, client_id: c, client_secret: \"${UNSET_SECRET:-s}\"}\n",
+    );
+    let o = bin(&["check-config"], &bad);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    for want in [
+        "4 configuration errors",
+        "retry.max_delay",
+        "profiles[0].id",
+        "profiles[0].url",
+        "profiles[0].auth.grant_type",
+        "dispatcher.yaml:2:",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_command_shows_scheme_expiry_and_a_redacted_token() {
+    let auth = Server::start(|n, _| {
+        if n == 0 {
+            Reply::json(200, json!({"data": {"token": "abcdef-the-rest-is-secret", "tokenType": "IBSSO", "expiresIn": "3599"}}))
+        } else {
+            Reply::json(401, json!({"error": "invalid_client", "error_description": "unknown client"}))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "profiles:\n  - id: ib\n    url: http://127.0.0.1:9/\n    auth:\n      type: oauth2\n      url: \"{}\"\n      client_id: c\n      client_secret: \"tok-cmd-secret\"\n      token_field_path: $.data.token\n      token_type_field_path: $.data.tokenType\n      expiration_field_path: $.data.expiresIn\n",
+        auth.url("/session")
+    );
+    let config = write(&dir, &yaml);
+    let config2 = config.clone();
+    let o = tokio::task::spawn_blocking(move || bin(&["token", "--profile", "ib"], &config2))
+        .await
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("scheme:  IBSSO"), "{out}");
+    assert!(out.contains("abcdef…"), "{out}");
+    assert!(!out.contains("the-rest-is-secret"), "{out}");
+    assert!(out.contains("(in 59m 5"), "expiry relative to now: {out}");
+
+    let o = tokio::task::spawn_blocking(move || bin(&["token", "--profile", "ib"], &config))
+        .await
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("auth server answered 401"), "{err}");
+    assert!(
+        err.contains("unknown client"),
+        "the error body is shown: {err}"
+    );
+    assert!(!format!("{out}{err}").contains("tok-cmd-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_then_dead_letters_list_and_replay() {
+    let receiver = Server::start(|n, _| Reply::status(if n < 3 { 410 } else { 200 })).await;
+    let env = Env::new("cli");
+    let yaml = env.yaml(
+        "  max_attempts: 2\n",
+        &format!(
+            "  - id: a\n    url: \"{}\"\n  - id: b\n    url: \"{}\"\n",
+            receiver.url("/a"),
+            receiver.url("/b")
+        ),
+    );
+    let config = env.config(&yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, &yaml);
+    let worker = env.start(config).await;
+
+    let body = dir.path().join("event.json");
+    std::fs::write(&body, br#"{"status":"DELIVERED"}"#).unwrap();
+    for (k, (profile, id)) in [("a", "cli-a1"), ("b", "cli-b1"), ("a", "cli-a2")]
+        .into_iter()
+        .enumerate()
+    {
+        let o = bin(
+            &[
+                "publish",
+                "--profile",
+                profile,
+                "--message-id",
+                id,
+                "--file",
+                body.to_str().unwrap(),
+            ],
+            &path,
+        );
+        assert!(o.status.success(), "{:?}", text(&o));
+        assert_eq!(text(&o).0.trim(), format!("published {id}"));
+        // One at a time, so the receiver's first three answers (410) go to these three.
+        receiver.wait_for(k + 1, Duration::from_secs(20)).await;
+    }
+    wait_until(Duration::from_secs(20), "3 dead letters", || async {
+        worker.metrics().await.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "a"), ("outcome", "dead_lettered")],
+        ) == 2.0
+    })
+    .await;
+
+    for _ in 0..2 {
+        // Listing twice shows the same rows in the same order: nothing consumed or reordered.
+        let o = bin(&["dead-letters", "list"], &path);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        let rows: Vec<&str> = out.lines().skip(2).collect();
+        assert!(
+            out.starts_with("3 dead-lettered event(s) in the queue, showing 3"),
+            "{out}"
+        );
+        assert_eq!(rows.len(), 3, "{out}");
+        for (row, id) in rows.iter().zip(["cli-a1", "cli-b1", "cli-a2"]) {
+            assert!(row.starts_with(id), "{row}");
+            assert!(
+                row.contains("permanent_status") && row.contains("410"),
+                "{row}"
+            );
+        }
+    }
+
+    let o = bin(&["dead-letters", "replay", "--profile", "a"], &path);
+    assert_eq!(
+        text(&o).0.trim(),
+        "replayed 2 event(s) to the work queue; 1 of other profiles left in place"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "replayed events delivered",
+        || async {
+            worker.metrics().await.value(
+                "callback_dispatcher_deliveries_total",
+                &[("profile", "a"), ("outcome", "delivered")],
+            ) == 2.0
+        },
+    )
+    .await;
+    let replayed: Vec<_> = receiver.all().into_iter().skip(3).collect();
+    assert_eq!(replayed.len(), 2);
+    assert!(
+        replayed
+            .iter()
+            .all(|r| r.uri == "/a" && &r.body[..] == br#"{"status":"DELIVERED"}"#)
+    );
+    let left = env.dead_letters().await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].properties.message_id().as_ref().unwrap().as_str(),
+        "cli-b1"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_exactly_the_spec_families_and_health_endpoints() {
+    let receiver = Server::start(|_, _| Reply::status(200)).await;
+    let env = Env::new("metrics");
+    let worker = env
+        .start(env.config(&env.yaml(
+            "  max_attempts: 2\n",
+            &format!("  - id: m\n    url: \"{}\"\n", receiver.url("/")),
+        )))
+        .await;
+    env.publish(Some("m"), "m-1", b"{}").await;
+    receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(worker.get("/healthz").await.0, 200);
+    assert_eq!(worker.get("/readyz").await.0, 200);
+    let (_, raw) = worker.get("/metrics").await;
+    let mut families: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    families.sort();
+    assert_eq!(
+        families,
+        vec![
+            "callback_dispatcher_amqp_connected gauge",
+            "callback_dispatcher_deliveries_total counter",
+            "callback_dispatcher_delivery_attempts_total counter",
+            "callback_dispatcher_delivery_duration_seconds histogram",
+            "callback_dispatcher_events_consumed_total counter",
+            "callback_dispatcher_inflight_deliveries gauge",
+            "callback_dispatcher_token_cache_hits_total counter",
+            "callback_dispatcher_token_requests_total counter",
+        ]
+    );
+    let m = Metrics::parse(&raw);
+    assert_eq!(m.value("callback_dispatcher_amqp_connected", &[]), 1.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_delivery_duration_seconds_count",
+            &[("profile", "m")]
+        ),
+        1.0
+    );
+    worker.stop().await.unwrap();
+}
