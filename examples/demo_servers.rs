@@ -22,9 +22,17 @@ fn secret() -> String {
 }
 
 fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
-    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
     let secret = secret();
-    let Ok(key) = STANDARD.decode(secret.trim_start_matches("whsec_")) else { return false };
+    let Ok(key) = STANDARD.decode(secret.trim_start_matches("whsec_")) else {
+        return false;
+    };
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
     mac.update(format!("{}.{}.", h("webhook-id"), h("webhook-timestamp")).as_bytes());
     mac.update(body);
@@ -70,8 +78,12 @@ async fn main() {
             if ok { StatusCode::NO_CONTENT } else { StatusCode::UNAUTHORIZED }
         }),
     );
-    let a = tokio::net::TcpListener::bind("127.0.0.1:18080").await.expect("port 18080 free");
-    let r = tokio::net::TcpListener::bind("127.0.0.1:18081").await.expect("port 18081 free");
+    let a = tokio::net::TcpListener::bind("127.0.0.1:18080")
+        .await
+        .expect("port 18080 free");
+    let r = tokio::net::TcpListener::bind("127.0.0.1:18081")
+        .await
+        .expect("port 18081 free");
     println!("demo servers: auth on http://127.0.0.1:18080, receiver on http://127.0.0.1:18081");
     let _ = tokio::join!(axum::serve(a, auth), axum::serve(r, receiver));
 }
@@ -81,5 +93,8 @@ fn field<'a>(pairs: &'a [(String, String)], key: &str) -> &'a str {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
