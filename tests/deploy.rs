@@ -10,7 +10,9 @@ use callback_dispatcher::metrics::Metrics;
 use serde_json::Value;
 
 fn deploy(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(rel)
 }
 
 fn yaml_docs(rel: &str) -> Vec<Value> {
@@ -40,7 +42,9 @@ fn metric_names(expr: &str) -> Vec<String> {
     let mut rest = expr;
     while let Some(i) = rest.find("callback_dispatcher_") {
         let tail = &rest[i..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
         out.push(tail[..end].to_owned());
         rest = &tail[end..];
     }
@@ -65,13 +69,30 @@ fn exprs(v: &Value, out: &mut Vec<String>) {
 #[test]
 fn manifests_parse_and_name_what_they_should() {
     let mut kinds = Vec::new();
-    for f in ["k8s/configmap.yaml", "k8s/secret.example.yaml", "k8s/deployment.yaml", "k8s/service.yaml", "k8s/keda.yaml"] {
+    for f in [
+        "k8s/configmap.yaml",
+        "k8s/secret.example.yaml",
+        "k8s/deployment.yaml",
+        "k8s/service.yaml",
+        "k8s/keda.yaml",
+    ] {
         for doc in yaml_docs(f) {
             kinds.push(doc["kind"].as_str().unwrap().to_owned());
         }
     }
     kinds.sort();
-    assert_eq!(kinds, ["ConfigMap", "Deployment", "ScaledObject", "Secret", "Service", "ServiceMonitor", "TriggerAuthentication"]);
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Deployment",
+            "ScaledObject",
+            "Secret",
+            "Service",
+            "ServiceMonitor",
+            "TriggerAuthentication"
+        ]
+    );
     let dep = &yaml_docs("k8s/deployment.yaml")[0];
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -85,36 +106,52 @@ fn manifests_parse_and_name_what_they_should() {
 fn the_configmap_holds_a_valid_configuration() {
     let cm = &yaml_docs("k8s/configmap.yaml")[0];
     let text = cm["data"]["dispatcher.yaml"].as_str().unwrap();
-    let config = Config::from_yaml(text, Path::new("configmap"), |name| Some(match name {
-        "AMQP_URL" => "amqp://u:p@rabbitmq:5672/%2f".into(),
-        "ACME_SIGNING_SECRET" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        _ => "x".into(),
-    }))
+    let config = Config::from_yaml(text, Path::new("configmap"), |name| {
+        Some(match name {
+            "AMQP_URL" => "amqp://u:p@rabbitmq:5672/%2f".into(),
+            "ACME_SIGNING_SECRET" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            _ => "x".into(),
+        })
+    })
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.metrics.listen.port(), 9464);
     let keda = &yaml_docs("k8s/keda.yaml")[1];
-    assert_eq!(keda["spec"]["triggers"][0]["metadata"]["queueName"], config.amqp.queue.as_str());
+    assert_eq!(
+        keda["spec"]["triggers"][0]["metadata"]["queueName"],
+        config.amqp.queue.as_str()
+    );
 }
 
 #[test]
 fn dashboard_and_alerts_query_only_exported_metrics() {
     let exported = exported();
-    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(deploy("grafana/dashboard.json")).unwrap()).unwrap();
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/dashboard.json")).unwrap())
+            .unwrap();
     let mut all = Vec::new();
     exprs(&dashboard, &mut all);
     let dashboard_count = all.len();
     for doc in yaml_docs("prometheus/alerts.yaml") {
         exprs(&doc, &mut all);
     }
-    assert!(dashboard_count >= 6 && all.len() >= dashboard_count + 4, "{all:?}");
+    assert!(
+        dashboard_count >= 6 && all.len() >= dashboard_count + 4,
+        "{all:?}"
+    );
     let mut used = BTreeSet::new();
     for e in &all {
         let names = metric_names(e);
         assert!(!names.is_empty(), "query names no metric of ours: {e}");
         for n in names {
-            assert!(exported.contains(&n), "{n} (in {e}) is not exported; exported: {exported:?}");
+            assert!(
+                exported.contains(&n),
+                "{n} (in {e}) is not exported; exported: {exported:?}"
+            );
             used.insert(n);
         }
     }
-    assert!(used.len() >= 7, "the dashboard covers the metrics: {used:?}");
+    assert!(
+        used.len() >= 7,
+        "the dashboard covers the metrics: {used:?}"
+    );
 }

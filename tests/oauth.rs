@@ -585,3 +585,85 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
         assert!(!logs.contains(secret), "{secret:?} found in the trace logs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_server_down_then_slow_then_garbage_then_fine_everything_is_delivered() {
+    let port = free_port(); // down: connection refused
+    let receiver = Server::start(|_, _| Reply::status(200)).await;
+    let env = Env::new("authchaos");
+    let a = format!(
+        "      url: \"http://127.0.0.1:{port}/t\"\n      client_id: c\n      client_secret: s\n"
+    );
+    let yaml = env
+        .yaml(
+            "  max_attempts: 30\n  initial_delay: 200ms\n  max_delay: 1s\n",
+            &oauth_profile("ch", &receiver.url("/"), &a),
+        )
+        .replace("timeout: 5s", "timeout: 500ms");
+    let worker = env.start(env.config(&yaml)).await;
+    let n = 5;
+    env.publish_many(n, |i| {
+        (event_props(Some("ch"), &format!("ch-{i}")), b"{}".to_vec())
+    })
+    .await;
+    wait_until(
+        LIMIT,
+        "token requests failing while the auth server is down",
+        || async {
+            worker.metrics().await.value(
+                "callback_dispatcher_token_requests_total",
+                &[("profile", "ch"), ("outcome", "failure")],
+            ) >= 2.0
+        },
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let auth = Server::start_on(listener, |n, _| match n {
+        0 => Reply::json(200, json!({"access_token": "late", "expires_in": 60}))
+            .after(Duration::from_secs(2)), // slower than the timeout
+        1 => Reply::status(200).header("content-type", "application/json"), // empty, not JSON
+        2 => Reply {
+            status: 200,
+            headers: vec![],
+            body: "{\"access_token\": [garbage".into(),
+            delay: Duration::ZERO,
+        },
+        _ => Reply::json(200, json!({"access_token": "good", "expires_in": 3600})),
+    })
+    .await;
+    delivered(&worker, "ch", n).await;
+    let m = worker.metrics().await;
+    let failures = m.value(
+        "callback_dispatcher_token_requests_total",
+        &[("profile", "ch"), ("outcome", "failure")],
+    );
+    println!(
+        "auth chaos: {n} events delivered after {failures} failed token requests and 1 good one"
+    );
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_token_requests_total",
+            &[("profile", "ch"), ("outcome", "success")]
+        ),
+        1.0
+    );
+    assert!(
+        failures >= 5.0,
+        "down (2+), slow, empty, garbage: {failures}"
+    );
+    assert!(
+        receiver
+            .all()
+            .iter()
+            .all(|r| r.header("authorization").as_deref() == Some("Bearer good"))
+    );
+    assert!(
+        auth.count() >= 4,
+        "the auth server saw the slow, empty, garbage and good requests: {}",
+        auth.count()
+    );
+    assert!(env.dead_letters().await.is_empty());
+    worker.stop().await.unwrap();
+}

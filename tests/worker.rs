@@ -448,3 +448,33 @@ async fn a_conflicting_queue_is_a_clear_start_error() {
     assert!(err.contains("delete_queue"), "{err}");
     conn.close(200, "".into()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_error_response_is_not_read_beyond_a_small_cap() {
+    let huge = "E".repeat(20 * 1024 * 1024);
+    let receiver = Server::start(move |_, _| Reply {
+        status: 500,
+        headers: vec![],
+        body: huge.clone(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let env = Env::new("hugebody");
+    let worker = env
+        .start(env.config(&env.yaml("  max_attempts: 1\n", &profile("h", &receiver.url("/"), ""))))
+        .await;
+    env.publish(Some("h"), "evt-huge", b"{}").await;
+    let dead = env.wait_dead(1, LIMIT).await;
+    let err = header_text(&dead[0], "x-last-error").unwrap();
+    assert!(
+        err.starts_with("HTTP 500: EEEE"),
+        "{}",
+        &err[..40.min(err.len())]
+    );
+    assert!(
+        err.len() <= 300,
+        "x-last-error holds {} bytes of a 20 MiB answer",
+        err.len()
+    );
+    worker.stop().await.unwrap();
+}
