@@ -478,3 +478,87 @@ async fn a_huge_error_response_is_not_read_beyond_a_small_cap() {
     );
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_attempt_headers_are_clamped_not_trusted_or_fatal() {
+    let receiver = Server::start(|_, r| {
+        Reply::status(if r.header("webhook-id").as_deref() == Some("att-neg") {
+            200
+        } else {
+            500
+        })
+    })
+    .await;
+    let env = Env::new("attempts");
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &profile("a", &receiver.url("/"), ""))))
+        .await;
+    for (id, value) in [
+        ("att-neg", AMQPValue::LongInt(-5)),
+        ("att-huge", AMQPValue::LongLongInt(i64::MAX)),
+        ("att-text", text("2")),
+    ] {
+        let mut props = event_props(Some("a"), id);
+        let mut h = props.headers().clone().unwrap();
+        h.insert("x-attempt".into(), value);
+        props = props.with_headers(h);
+        env.publish_many(1, move |_| (props.clone(), b"{}".to_vec()))
+            .await;
+    }
+    let dead = env.wait_dead(2, LIMIT).await;
+    let mut got: Vec<(String, Option<i64>)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.properties.message_id().as_ref().unwrap().to_string(),
+                header_int(d, "x-attempt"),
+            )
+        })
+        .collect();
+    got.sort();
+    // "2" as text counts as 2 attempts made: the 3rd is the last. i64::MAX clamps.
+    assert_eq!(
+        got,
+        vec![
+            ("att-huge".into(), Some(i64::from(i32::MAX))),
+            ("att-text".into(), Some(3))
+        ]
+    );
+    assert!(
+        dead.iter()
+            .all(|d| header_text(d, "x-dead-reason").as_deref() == Some("max_attempts"))
+    );
+    wait_until(LIMIT, "negative count delivered", || async {
+        worker.metrics().await.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "a"), ("outcome", "delivered")],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(receiver.count(), 3, "one attempt each");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_profiles_start_and_route() {
+    let receiver = Server::start(|_, _| Reply::status(200)).await;
+    let env = Env::new("manyprofiles");
+    let profiles: String = (0..10_000)
+        .map(|i| profile(&format!("p{i}"), &receiver.url(&format!("/p{i}")), ""))
+        .collect();
+    let worker = env
+        .start(env.config(&env.yaml(FAST_RETRY, &profiles)))
+        .await;
+    for id in ["p0", "p5000", "p9999"] {
+        env.publish(Some(id), &format!("evt-{id}"), b"{}").await;
+    }
+    let mut uris: Vec<String> = receiver
+        .wait_for(3, LIMIT)
+        .await
+        .into_iter()
+        .map(|r| r.uri)
+        .collect();
+    uris.sort();
+    assert_eq!(uris, vec!["/p0", "/p5000", "/p9999"]);
+    worker.stop().await.unwrap();
+}

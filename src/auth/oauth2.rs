@@ -169,3 +169,30 @@ impl OAuth2 {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_redacts_the_token_and_the_error_body() {
+        let mut header = HeaderValue::from_static("Bearer tok-DEBUG-secret");
+        header.set_sensitive(true);
+        let token = Token {
+            scheme: "Bearer".into(),
+            value: SecretString::from("tok-DEBUG-secret"),
+            header,
+            expires_at: SystemTime::now(),
+            reuse_until: Instant::now(),
+        };
+        let err = AuthError::Status {
+            status: 401,
+            error: Some("invalid_client".into()),
+            description: None,
+            body: ErrorBody("{\"echo\":\"cs-DEBUG-secret\"}".into()),
+        };
+        let shown = format!("{token:?} {err:?} {err}");
+        assert!(!shown.contains("DEBUG-secret"), "{shown}");
+        assert!(shown.contains("invalid_client"), "{shown}");
+    }
+}
