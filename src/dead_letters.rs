@@ -10,13 +10,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 
 use crate::broker;
 use crate::config::Config;
@@ -104,6 +103,21 @@ async fn open(config: &Config) -> anyhow::Result<(Connection, Channel, Topology,
     Ok((conn, channel, topology, queue.message_count()))
 }
 
+/// Give back every unacked message up to `last` (in their original order: the queue is
+/// classic), then close.
+async fn finish(conn: Connection, channel: Channel, last: Option<u64>) -> anyhow::Result<()> {
+    if let Some(tag) = last {
+        let requeue = BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        };
+        channel.basic_nack(tag, requeue).await?;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
 /// Up to `limit` dead letters, oldest first, left in place and in order.
 pub async fn list(config: &Config, limit: usize) -> anyhow::Result<(Vec<DeadLetter>, u32)> {
     let (conn, channel, topology, total) = open(config).await?;
@@ -122,19 +136,7 @@ pub async fn list(config: &Config, limit: usize) -> anyhow::Result<(Vec<DeadLett
         last_tag = Some(msg.delivery.delivery_tag);
         out.push(describe(&msg.delivery.properties, msg.delivery.data.len()));
     }
-    if let Some(tag) = last_tag {
-        channel
-            .basic_nack(
-                tag,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
-            .await?;
-    }
-    let _ = channel.close(200, "done".into()).await;
-    let _ = conn.close(200, "done".into()).await;
+    finish(conn, channel, last_tag).await?;
     Ok((out, total))
 }
 
@@ -196,41 +198,24 @@ pub async fn replay(
                 fresh.insert(k.clone(), v.clone());
             }
         }
-        let confirm = publisher
-            .basic_publish(
-                topology.exchange.as_str().into(),
-                topology.queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &d.data,
-                d.properties.clone().with_headers(fresh),
-            )
-            .await?
-            .await?;
-        if confirm != Confirmation::Ack(None) {
-            bail!(
-                "the broker did not accept the replayed event {:?}; it stays dead-lettered",
+        let props = d.properties.clone().with_headers(fresh);
+        broker::publish_confirmed(
+            &publisher,
+            &topology.exchange,
+            &topology.queue,
+            &d.data,
+            props,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "replaying {:?}; it stays dead-lettered",
                 d.properties.message_id()
-            );
-        }
+            )
+        })?;
         d.ack(BasicAckOptions::default()).await?;
         done.moved += 1;
     }
-    if let Some(tag) = kept {
-        // Unacked deliveries are still ours; give back the skipped ones, in order.
-        channel
-            .basic_nack(
-                tag,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
-            .await?;
-    }
-    let _ = channel.close(200, "done".into()).await;
-    let _ = conn.close(200, "done".into()).await;
+    finish(conn, channel, kept).await?;
     Ok(done)
 }

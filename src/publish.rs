@@ -5,9 +5,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::BasicProperties;
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Confirmation};
 
 use crate::broker;
 use crate::config::Config;
@@ -63,33 +63,21 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
             .with_message_id(id.as_str().into())
             .with_content_type(req.content_type.as_str().into())
             .with_timestamp(now)
-            .with_delivery_mode(2)
             .with_headers(headers.clone());
-        let confirm = channel
-            .basic_publish(
-                topology.exchange.as_str().into(),
-                topology.queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+        pending.push(
+            broker::publish_mandatory(
+                &channel,
+                &topology.exchange,
+                &topology.queue,
                 &req.body,
                 props,
             )
-            .await?;
-        pending.push(confirm);
+            .await?,
+        );
         ids.push(id);
     }
     for confirm in pending {
-        match confirm.await? {
-            Confirmation::Ack(None) => {}
-            Confirmation::Ack(Some(_)) => bail!(
-                "the broker could not route the event to queue {}",
-                topology.queue
-            ),
-            Confirmation::Nack(_) => bail!("the broker refused the event (nack)"),
-            Confirmation::NotRequested => unreachable!("confirms are on"),
-        }
+        broker::confirmed(confirm, &topology.queue).await?;
     }
     let _ = channel.close(200, "done".into()).await;
     let _ = conn.close(200, "done".into()).await;

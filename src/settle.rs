@@ -9,10 +9,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel};
 
+use crate::broker::{self, PublishError};
 use crate::event::{Event, HEADER_ATTEMPT, HEADER_FIRST_ATTEMPT};
 use crate::metrics::DeliveryOutcome;
 use crate::retry::{RetryPlan, RetryPolicy};
@@ -139,12 +140,10 @@ pub fn decide(
 /// broker: it is not lost.
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
-    #[error("broker error: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("the broker refused the republish (nack)")]
-    Nacked,
-    #[error("the republish was not routed to queue {0}; is it declared?")]
-    Unroutable(String),
+    #[error("republish: {0}")]
+    Publish(#[from] PublishError),
+    #[error("ack: {0}")]
+    Ack(#[from] lapin::Error),
 }
 
 fn headers_without_broker_trace(props: &BasicProperties) -> FieldTable {
@@ -174,35 +173,13 @@ pub struct Settler<'a> {
 }
 
 impl Settler<'_> {
-    /// Publish and require a routed, confirmed publish.
     async fn publish(
         &self,
         queue: &str,
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), SettleError> {
-        let confirm = self
-            .publisher
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queue),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props.with_delivery_mode(2),
-            )
-            .await?
-            .await?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(SettleError::Unroutable(queue.to_owned())),
-            Confirmation::Nack(_) => Err(SettleError::Nacked),
-            Confirmation::NotRequested => {
-                unreachable!("confirms are on for the publishing channel")
-            }
-        }
+        Ok(broker::publish_confirmed(self.publisher, "", queue, body, props).await?)
     }
 
     /// Carry `settlement` out for `delivery`; `event` is the read event, if reading succeeded.

@@ -180,17 +180,7 @@ async fn publish_then_dead_letters_list_and_replay() {
         text(&o).0.trim(),
         "replayed 2 event(s) to the work queue; 1 of other profiles left in place"
     );
-    wait_until(
-        Duration::from_secs(20),
-        "replayed events delivered",
-        || async {
-            worker.metrics().await.value(
-                "callback_dispatcher_deliveries_total",
-                &[("profile", "a"), ("outcome", "delivered")],
-            ) == 2.0
-        },
-    )
-    .await;
+    worker.wait_delivered("a", 2).await;
     let replayed: Vec<_> = receiver.all().into_iter().skip(3).collect();
     assert_eq!(replayed.len(), 2);
     assert!(

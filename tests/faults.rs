@@ -278,13 +278,7 @@ async fn a_receiver_slower_than_the_timeout_is_retried_and_nothing_leaks() {
         .replace("timeout: 5s", "timeout: 500ms");
     let worker = env.start(env.config(&yaml)).await;
     publish_load(&env, n, "sl").await;
-    wait_until(LIMIT, "all delivered", || async {
-        worker.metrics().await.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "load"), ("outcome", "delivered")],
-        ) == n as f64
-    })
-    .await;
+    worker.wait_delivered("load", n).await;
     let m = worker.metrics().await;
     let timeouts = m.value(
         "callback_dispatcher_delivery_attempts_total",

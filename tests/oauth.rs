@@ -40,16 +40,6 @@ fn oauth_profile(id: &str, callback: &str, auth: &str) -> String {
     format!("  - id: {id}\n    url: \"{callback}\"\n    auth:\n      type: oauth2\n{auth}")
 }
 
-async fn delivered(worker: &Running, profile: &str, n: usize) {
-    wait_until(LIMIT, &format!("{n} delivered for {profile}"), || async {
-        worker.metrics().await.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", profile), ("outcome", "delivered")],
-        ) == n as f64
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kaleyra_style_form_body_custom_headers_and_string_numbers() {
     let auth = Server::start(|_, _| {
@@ -68,7 +58,7 @@ async fn kaleyra_style_form_body_custom_headers_and_string_numbers() {
     for i in 0..3 {
         env.publish(Some("kal"), &format!("kal-{i}"), b"{}").await;
     }
-    delivered(&worker, "kal", 3).await;
+    worker.wait_delivered("kal", 3).await;
     assert!(
         receiver
             .all()
@@ -130,7 +120,7 @@ async fn bandwidth_style_basic_header_with_special_characters() {
         .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("bw", &receiver.url("/"), &a))))
         .await;
     env.publish(Some("bw"), "bw-1", b"{}").await;
-    delivered(&worker, "bw", 1).await;
+    worker.wait_delivered("bw", 1).await;
     let r = &auth.all()[0];
     let basic = r.header("authorization").unwrap();
     let decoded = String::from_utf8(
@@ -174,7 +164,7 @@ async fn infobip_style_get_nested_token_and_ibsso_scheme() {
         .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("ib", &receiver.url("/"), &a))))
         .await;
     env.publish(Some("ib"), "ib-1", b"{}").await;
-    delivered(&worker, "ib", 1).await;
+    worker.wait_delivered("ib", 1).await;
     let r = &auth.all()[0];
     assert_eq!(r.method, "GET");
     let (path, query) = r.uri.split_once('?').unwrap();
@@ -209,9 +199,9 @@ async fn json_body_client_auth_and_a_jwt_only_response() {
         .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("j", &receiver.url("/"), &a))))
         .await;
     env.publish(Some("j"), "j-1", b"{}").await;
-    delivered(&worker, "j", 1).await;
+    worker.wait_delivered("j", 1).await;
     env.publish(Some("j"), "j-2", b"{}").await;
-    delivered(&worker, "j", 2).await;
+    worker.wait_delivered("j", 2).await;
     let r = &auth.all()[0];
     assert_eq!(r.method, "PUT");
     assert_eq!(
@@ -259,7 +249,7 @@ async fn two_hundred_events_at_once_make_one_auth_request() {
     })
     .await;
     let worker = env.start(config).await;
-    delivered(&worker, "sf", 200).await;
+    worker.wait_delivered("sf", 200).await;
     assert_eq!(
         auth.count(),
         1,
@@ -296,10 +286,10 @@ async fn a_short_lived_token_is_refreshed_after_it_expires() {
         .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("sh", &receiver.url("/"), &a))))
         .await;
     env.publish(Some("sh"), "sh-1", b"{}").await;
-    delivered(&worker, "sh", 1).await;
+    worker.wait_delivered("sh", 1).await;
     tokio::time::sleep(Duration::from_millis(1200)).await; // the token's reuse window passing is the point
     env.publish(Some("sh"), "sh-2", b"{}").await;
-    delivered(&worker, "sh", 2).await;
+    worker.wait_delivered("sh", 2).await;
     let auths: Vec<_> = receiver
         .all()
         .iter()
@@ -342,7 +332,7 @@ async fn a_401_refreshes_the_token_once_and_resends_at_once_even_for_a_burst() {
     })
     .await;
     let worker = env.start(config).await;
-    delivered(&worker, "u", n).await;
+    worker.wait_delivered("u", n).await;
     let m = worker.metrics().await;
     assert_eq!(
         m.value(
@@ -393,7 +383,7 @@ async fn a_second_401_is_a_retryable_failure() {
         .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("u2", &receiver.url("/"), &a))))
         .await;
     env.publish(Some("u2"), "u2-1", b"{}").await;
-    delivered(&worker, "u2", 1).await;
+    worker.wait_delivered("u2", 1).await;
     let m = worker.metrics().await;
     assert_eq!(
         m.value(
@@ -429,7 +419,7 @@ async fn an_auth_server_failing_twice_then_recovering_gets_the_event_delivered()
         .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("ar", &receiver.url("/"), &a))))
         .await;
     env.publish(Some("ar"), "ar-1", b"{}").await;
-    delivered(&worker, "ar", 1).await;
+    worker.wait_delivered("ar", 1).await;
     let m = worker.metrics().await;
     assert_eq!(
         m.value(
@@ -633,7 +623,7 @@ async fn auth_server_down_then_slow_then_garbage_then_fine_everything_is_deliver
         _ => Reply::json(200, json!({"access_token": "good", "expires_in": 3600})),
     })
     .await;
-    delivered(&worker, "ch", n).await;
+    worker.wait_delivered("ch", n).await;
     let m = worker.metrics().await;
     let failures = m.value(
         "callback_dispatcher_token_requests_total",

@@ -180,13 +180,7 @@ async fn two_503s_then_204_is_delivered_on_the_third_attempt_with_the_same_id() 
         "{:?}",
         got[2].at - got[1].at
     );
-    wait_until(LIMIT, "settled", || async {
-        worker.metrics().await.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "r"), ("outcome", "delivered")],
-        ) == 1.0
-    })
-    .await;
+    worker.wait_delivered("r", 1).await;
     let m = worker.metrics().await;
     assert_eq!(
         m.value(
@@ -528,13 +522,7 @@ async fn absurd_attempt_headers_are_clamped_not_trusted_or_fatal() {
         dead.iter()
             .all(|d| header_text(d, "x-dead-reason").as_deref() == Some("max_attempts"))
     );
-    wait_until(LIMIT, "negative count delivered", || async {
-        worker.metrics().await.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "a"), ("outcome", "delivered")],
-        ) == 1.0
-    })
-    .await;
+    worker.wait_delivered("a", 1).await;
     assert_eq!(receiver.count(), 3, "one attempt each");
     worker.stop().await.unwrap();
 }

@@ -290,6 +290,9 @@ pub fn parse_expiry(
             if n <= 0.0 {
                 return Err(format!("lifetime {n} is not positive"));
             }
+            if n < 1.0 {
+                return Err(format!("lifetime {n} is under one second"));
+            }
             Duration::try_from_secs_f64(n)
                 .ok()
                 .and_then(|d| now.checked_add(d))

@@ -204,6 +204,21 @@ impl Running {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// Wait until `deliveries_total{profile, outcome="delivered"}` reaches `n`.
+    pub async fn wait_delivered(&self, profile: &str, n: usize) {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{n} delivered for {profile}"),
+            || async {
+                self.metrics().await.value(
+                    "callback_dispatcher_deliveries_total",
+                    &[("profile", profile), ("outcome", "delivered")],
+                ) == n as f64
+            },
+        )
+        .await;
+    }
+
     /// The Prometheus exposition, parsed.
     pub async fn metrics(&self) -> Metrics {
         Metrics::parse(&self.get("/metrics").await.1)

@@ -32,6 +32,8 @@ fn expiry_table() {
         (json!("3599"), Auto, Ok(at(NOW + 3599))),
         (json!(" 600 "), Seconds, Ok(at(NOW + 600))),
         (json!(1.5), Seconds, Ok(now + Duration::from_millis(1500))),
+        (json!(0.5), Seconds, Err(())),
+        (json!(4e-13), Auto, Err(())),
         (json!(1_686_632_570u64), Auto, Ok(at(1_686_632_570))),
         (json!("1686632570"), UnixSeconds, Ok(at(1_686_632_570))),
         (json!(1_700_000_600_000u64), Auto, Ok(at(NOW + 600))),
