@@ -228,12 +228,9 @@ impl Settler<'_> {
             } => {
                 let mut headers = headers_without_broker_trace(&delivery.properties);
                 headers.insert(HEADER_DEAD_REASON.into(), text(reason.as_str()));
-                match status {
-                    Some(s) => {
-                        headers.insert(HEADER_LAST_STATUS.into(), AMQPValue::LongInt(i32::from(*s)))
-                    }
-                    None => headers.insert(HEADER_LAST_STATUS.into(), AMQPValue::Void),
-                };
+                if let Some(s) = status {
+                    headers.insert(HEADER_LAST_STATUS.into(), AMQPValue::LongInt(i32::from(*s)));
+                }
                 headers.insert(HEADER_LAST_ERROR.into(), text(error));
                 headers.insert(
                     HEADER_ATTEMPT.into(),

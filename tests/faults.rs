@@ -111,16 +111,17 @@ async fn kill_9_under_load_then_restart_delivers_every_event_at_least_once() {
 async fn sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let n = 200;
-    let receiver = Server::start(|_, _| Reply::status(200).after(Duration::from_millis(300))).await;
+    let receiver = Server::start(|_, _| Reply::status(200).after(Duration::from_secs(2))).await;
     let env = Env::new("sigterm");
     let yaml = env.yaml(
         "  initial_delay: 100ms\n  max_delay: 1s\n",
         &profile(&receiver.url("/")),
     );
+    let yaml = yaml.replace("prefetch: 64", "prefetch: 256").replace("concurrency: 64", "concurrency: 256");
     env.config(&yaml);
     publish_load(&env, n, "st").await;
     let mut worker = Process::spawn(&yaml, "info");
-    receiver.wait_for(64, LIMIT).await; // concurrency 64: a full set in flight
+    receiver.wait_for(n, LIMIT).await; // all 200 requests are at the slow receiver: in flight
     let t0 = Instant::now();
     worker.signal("TERM");
     let status = worker.child.wait().unwrap();
