@@ -82,15 +82,22 @@ enum DeadLetters {
 }
 
 fn init_logs(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::prelude::*;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    // lapin dumps whole AMQP frames at TRACE, the connection's SASL response (the broker
+    // password) included: those never reach the output, whatever RUST_LOG says.
+    let no_frames = tracing_subscriber::filter::filter_fn(|m| {
+        !(m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE)
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(no_frames))
+        .init();
 }
 
 async fn shutdown_signal() {

@@ -117,7 +117,9 @@ async fn sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing() {
         "  initial_delay: 100ms\n  max_delay: 1s\n",
         &profile(&receiver.url("/")),
     );
-    let yaml = yaml.replace("prefetch: 64", "prefetch: 256").replace("concurrency: 64", "concurrency: 256");
+    let yaml = yaml
+        .replace("prefetch: 64", "prefetch: 256")
+        .replace("concurrency: 64", "concurrency: 256");
     env.config(&yaml);
     publish_load(&env, n, "st").await;
     let mut worker = Process::spawn(&yaml, "info");

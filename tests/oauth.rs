@@ -564,6 +564,25 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
         "the auth server's error is logged"
     );
     let basic = |u: &str, p: &str| STANDARD.encode(format!("{u}:{p}"));
+    // The broker password: lapin would dump it at TRACE inside the SASL PLAIN frame.
+    let uri: lapin::uri::AMQPUri = amqp_url().parse().unwrap();
+    let plain = format!(
+        "\0{}\0{}",
+        uri.authority.userinfo.username, uri.authority.userinfo.password
+    );
+    let plain_bytes = plain
+        .bytes()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(
+        !logs.contains(&plain_bytes),
+        "the broker password (SASL PLAIN bytes) is in the trace logs"
+    );
+    assert!(
+        !logs.contains(&format!(":{}@", uri.authority.userinfo.password)),
+        "the AMQP URL is in the logs"
+    );
     for secret in [
         "SECRET",
         "tok-SECRET-from-auth-server",
