@@ -148,10 +148,7 @@ async fn publish_then_dead_letters_list_and_replay() {
         receiver.wait_for(k + 1, Duration::from_secs(20)).await;
     }
     wait_until(Duration::from_secs(20), "3 dead letters", || async {
-        worker.metrics().await.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "a"), ("outcome", "dead_lettered")],
-        ) == 2.0
+        worker.metrics().await.deliveries("a", "dead_lettered") == 2.0
     })
     .await;
 

@@ -230,10 +230,7 @@ async fn receiver_down_then_back_events_wait_in_delay_queues_and_all_arrive() {
     publish_load(&env, n, "dn").await;
     tokio::time::sleep(down).await; // the outage itself: nothing to poll for
     let m = worker.metrics().await;
-    let refused = m.value(
-        "callback_dispatcher_delivery_attempts_total",
-        &[("profile", "load"), ("result", "connect_error")],
-    );
+    let refused = m.attempts("load", "connect_error");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
@@ -283,10 +280,7 @@ async fn a_receiver_slower_than_the_timeout_is_retried_and_nothing_leaks() {
     publish_load(&env, n, "sl").await;
     worker.wait_delivered("load", n).await;
     let m = worker.metrics().await;
-    let timeouts = m.value(
-        "callback_dispatcher_delivery_attempts_total",
-        &[("profile", "load"), ("result", "timeout")],
-    );
+    let timeouts = m.attempts("load", "timeout");
     println!("slow receiver: {n} events, {timeouts} timeouts, {n} delivered");
     assert_eq!(timeouts, 2.0 * n as f64, "two timed-out attempts per event");
     assert_eq!(

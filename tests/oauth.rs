@@ -335,10 +335,7 @@ async fn a_401_refreshes_the_token_once_and_resends_at_once_even_for_a_burst() {
     worker.wait_delivered("u", n).await;
     let m = worker.metrics().await;
     assert_eq!(
-        m.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "u"), ("outcome", "retry_scheduled")]
-        ),
+        m.deliveries("u", "retry_scheduled"),
         0.0,
         "resent at once, not after a back-off"
     );
@@ -347,20 +344,8 @@ async fn a_401_refreshes_the_token_once_and_resends_at_once_even_for_a_burst() {
         2,
         "one stale token, one refresh, for {n} events that all got 401"
     );
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_delivery_attempts_total",
-            &[("profile", "u"), ("result", "4xx")]
-        ),
-        n as f64
-    );
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_delivery_attempts_total",
-            &[("profile", "u"), ("result", "2xx")]
-        ),
-        n as f64
-    );
+    assert_eq!(m.attempts("u", "4xx"), n as f64);
+    assert_eq!(m.attempts("u", "2xx"), n as f64);
     worker.stop().await.unwrap();
 }
 
@@ -385,13 +370,7 @@ async fn a_second_401_is_a_retryable_failure() {
     env.publish(Some("u2"), "u2-1", b"{}").await;
     worker.wait_delivered("u2", 1).await;
     let m = worker.metrics().await;
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "u2"), ("outcome", "retry_scheduled")]
-        ),
-        1.0
-    );
+    assert_eq!(m.deliveries("u2", "retry_scheduled"), 1.0);
     assert_eq!(receiver.count(), 3);
     worker.stop().await.unwrap();
 }
@@ -435,13 +414,7 @@ async fn an_auth_server_failing_twice_then_recovering_gets_the_event_delivered()
         ),
         1.0
     );
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_delivery_attempts_total",
-            &[("profile", "ar"), ("result", "auth_failed")]
-        ),
-        2.0
-    );
+    assert_eq!(m.attempts("ar", "auth_failed"), 2.0);
     assert_eq!(receiver.count(), 1, "nothing was sent without a token");
     assert_eq!(
         receiver.all()[0].header("authorization").as_deref(),

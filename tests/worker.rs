@@ -69,13 +69,7 @@ async fn signed_delivery_verifies_with_an_independent_check() {
     );
 
     let m = worker.metrics().await;
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "acme"), ("outcome", "delivered")]
-        ),
-        1.0
-    );
+    assert_eq!(m.deliveries("acme", "delivered"), 1.0);
     worker.stop().await.unwrap();
 }
 
@@ -182,27 +176,9 @@ async fn two_503s_then_204_is_delivered_on_the_third_attempt_with_the_same_id() 
     );
     worker.wait_delivered("r", 1).await;
     let m = worker.metrics().await;
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "r"), ("outcome", "retry_scheduled")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_delivery_attempts_total",
-            &[("profile", "r"), ("result", "5xx")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_delivery_attempts_total",
-            &[("profile", "r"), ("result", "2xx")]
-        ),
-        1.0
-    );
+    assert_eq!(m.deliveries("r", "retry_scheduled"), 2.0);
+    assert_eq!(m.attempts("r", "5xx"), 2.0);
+    assert_eq!(m.attempts("r", "2xx"), 1.0);
     assert_eq!(receiver.count(), 3);
     assert!(env.dead_letters().await.is_empty());
     worker.stop().await.unwrap();
@@ -367,20 +343,8 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow
         "only the good events reached the receiver"
     );
     let m = worker.metrics().await;
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "(none)"), ("outcome", "dead_lettered")]
-        ),
-        3.0
-    );
-    assert_eq!(
-        m.value(
-            "callback_dispatcher_deliveries_total",
-            &[("profile", "good"), ("outcome", "dead_lettered")]
-        ),
-        1.0
-    );
+    assert_eq!(m.deliveries("(none)", "dead_lettered"), 3.0);
+    assert_eq!(m.deliveries("good", "dead_lettered"), 1.0);
     assert_eq!(
         m.value("callback_dispatcher_events_consumed_total", &[]),
         9.0

@@ -273,6 +273,22 @@ impl Metrics {
             .map_or(0.0, |(_, _, v)| *v)
     }
 
+    /// `deliveries_total{profile, outcome}`.
+    pub fn deliveries(&self, profile: &str, outcome: &str) -> f64 {
+        self.value(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", profile), ("outcome", outcome)],
+        )
+    }
+
+    /// `delivery_attempts_total{profile, result}`.
+    pub fn attempts(&self, profile: &str, result: &str) -> f64 {
+        self.value(
+            "callback_dispatcher_delivery_attempts_total",
+            &[("profile", profile), ("result", result)],
+        )
+    }
+
     pub fn names(&self) -> Vec<String> {
         let mut n: Vec<String> = self.0.iter().map(|(n, _, _)| n.clone()).collect();
         n.dedup();
