@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
 use crate::auth::Credential;
@@ -11,6 +11,10 @@ use crate::event::Event;
 use crate::http;
 use crate::metrics::AttemptClass;
 use crate::profile::Profile;
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// How much of a failed callback's response is read, for `x-last-error`.
 const ERROR_SNIPPET: usize = 256;
@@ -92,38 +96,40 @@ pub async fn send(
     timeout: Duration,
 ) -> (Sent, Duration) {
     let started = Instant::now();
+    // One map, insert semantics: the event's Content-Type, the credential and the signature
+    // replace a profile header of the same name instead of being sent twice.
+    let mut headers = profile.headers.clone();
     let mut req = client
         .request(profile.method.clone(), profile.url.clone())
-        .timeout(timeout)
-        .headers(profile.headers.clone());
+        .timeout(timeout);
     let body: &[u8] = if profile.sends_body() {
-        req = req
-            .header(
-                CONTENT_TYPE,
-                HeaderValue::from_str(&event.content_type)
-                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-            )
-            .body(event.body.clone());
+        let ct = HeaderValue::from_str(&event.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        headers.insert(CONTENT_TYPE, ct);
+        req = req.body(event.body.clone());
         &event.body
     } else {
         req = req.query(&query_params(&event.body));
         b""
     };
     if let Some(c) = credential {
-        req = req.header(c.header.clone(), c.value.clone());
+        headers.insert(c.header.clone(), c.value.clone());
     }
+    let id = HeaderValue::from_str(&event.id).unwrap_or(HeaderValue::from_static("invalid-id"));
+    headers.insert(WEBHOOK_ID, id);
     if let Some(signer) = &profile.signer {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
-        req = req
-            .header("webhook-id", event.id.as_str())
-            .header("webhook-timestamp", ts)
-            .header("webhook-signature", signer.sign(&event.id, ts, body));
-    } else {
-        req = req.header("webhook-id", event.id.as_str());
+        let signature = signer.sign(&event.id, ts, body);
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
+        headers.insert(
+            WEBHOOK_SIGNATURE,
+            HeaderValue::from_str(&signature).expect("base64 is header-safe"),
+        );
     }
+    let req = req.headers(headers);
     let sent = match req.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
