@@ -30,7 +30,7 @@ pub async fn token(config: &Config, profile_id: &str) -> anyhow::Result<String> 
     };
     let client = http::client(config.delivery.connect_timeout, config.delivery.timeout);
     match oauth.fetch(&client).await {
-        Ok(t) => Ok(report(profile_id, oauth.url.as_str(), &t)),
+        Ok(t) => Ok(report(profile_id, &t)),
         Err(e) => {
             let mut out = format!(
                 "profile {profile_id}: token request to {} failed: {e}",
@@ -48,7 +48,7 @@ fn origin(url: &reqwest::Url) -> String {
     format!("{}{}", url.origin().ascii_serialization(), url.path())
 }
 
-fn report(profile_id: &str, _url: &str, t: &Token) -> String {
+fn report(profile_id: &str, t: &Token) -> String {
     let remaining = t
         .expires_at
         .duration_since(SystemTime::now())

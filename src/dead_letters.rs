@@ -20,7 +20,9 @@ use lapin::{BasicProperties, Channel, Connection};
 use crate::broker;
 use crate::config::Config;
 use crate::event::{self, HEADER_ATTEMPT, HEADER_FIRST_ATTEMPT};
-use crate::settle::{HEADER_DEAD_REASON, HEADER_LAST_ERROR, HEADER_LAST_STATUS};
+use crate::settle::{
+    self, HEADER_DEAD_AT, HEADER_DEAD_REASON, HEADER_LAST_ERROR, HEADER_LAST_STATUS,
+};
 use crate::topology::Topology;
 
 /// One dead-lettered event, as an operator sees it.
@@ -58,7 +60,7 @@ fn int_of(v: Option<&AMQPValue>) -> Option<i64> {
 
 fn describe(props: &BasicProperties, body_bytes: usize) -> DeadLetter {
     let h = props.headers().as_ref();
-    let dead_at = int_of(event::header(h, "x-dead-at")).and_then(|ms| u64::try_from(ms).ok());
+    let dead_at = int_of(event::header(h, HEADER_DEAD_AT)).and_then(|ms| u64::try_from(ms).ok());
     DeadLetter {
         id: props
             .message_id()
@@ -183,21 +185,15 @@ pub async fn replay(
             done.skipped += 1;
             continue;
         }
-        let mut fresh = FieldTable::default();
-        for (k, v) in headers.map(|h| h.inner().iter()).into_iter().flatten() {
-            let name = k.as_str();
-            let retry_state = [
-                HEADER_ATTEMPT,
-                HEADER_FIRST_ATTEMPT,
-                HEADER_DEAD_REASON,
-                HEADER_LAST_STATUS,
-                HEADER_LAST_ERROR,
-                "x-dead-at",
-            ];
-            if !retry_state.contains(&name) && !name.starts_with("x-death") {
-                fresh.insert(k.clone(), v.clone());
-            }
-        }
+        const RETRY_STATE: [&str; 6] = [
+            HEADER_ATTEMPT,
+            HEADER_FIRST_ATTEMPT,
+            HEADER_DEAD_REASON,
+            HEADER_LAST_STATUS,
+            HEADER_LAST_ERROR,
+            HEADER_DEAD_AT,
+        ];
+        let fresh = settle::copy_headers(&d.properties, &RETRY_STATE);
         let props = d.properties.clone().with_headers(fresh);
         broker::publish_confirmed(
             &publisher,

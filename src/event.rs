@@ -142,6 +142,14 @@ pub fn read(
         .map(|s| s.as_str().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
+    // The id is both signed and sent as `webhook-id`: it must be a valid header value.
+    if reqwest::header::HeaderValue::from_str(&id).is_err() {
+        return Err(Rejected {
+            reason: DeadReason::InvalidMessageId,
+            error: "message_id holds characters not allowed in the webhook-id header".into(),
+            profile: Some(profile),
+        });
+    }
     let content_type = props
         .content_type()
         .as_ref()
@@ -257,6 +265,9 @@ mod tests {
             ("evt-1", "text/plain")
         );
         assert_eq!(e.born, UNIX_EPOCH + Duration::from_secs(999_000));
+        let bad_id = p.clone().with_message_id("evt\r\n1".into());
+        let rejected = read(&bad_id, Bytes::new(), 10, now).unwrap_err();
+        assert_eq!(rejected.reason, DeadReason::InvalidMessageId);
         let e = read(&p.with_timestamp(5), Bytes::new(), 10, now).unwrap();
         assert_eq!(e.born, UNIX_EPOCH + Duration::from_secs(5));
     }

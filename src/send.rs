@@ -115,7 +115,7 @@ pub async fn send(
     if let Some(c) = credential {
         headers.insert(c.header.clone(), c.value.clone());
     }
-    let id = HeaderValue::from_str(&event.id).unwrap_or(HeaderValue::from_static("invalid-id"));
+    let id = HeaderValue::from_str(&event.id).expect("event::read accepts only header-safe ids");
     headers.insert(WEBHOOK_ID, id);
     if let Some(signer) = &profile.signer {
         let ts = SystemTime::now()

@@ -22,6 +22,8 @@ use crate::topology::Topology;
 pub const HEADER_DEAD_REASON: &str = "x-dead-reason";
 pub const HEADER_LAST_STATUS: &str = "x-last-status";
 pub const HEADER_LAST_ERROR: &str = "x-last-error";
+/// Unix milliseconds when the event was dead-lettered, for `dead-letters list`.
+pub const HEADER_DEAD_AT: &str = "x-dead-at";
 
 /// Why an event was dead-lettered (`x-dead-reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub enum DeadReason {
     MaxAttempts,
     Expired,
     PayloadTooLarge,
+    /// A `message_id` that cannot be sent as the `webhook-id` header.
+    InvalidMessageId,
 }
 
 impl DeadReason {
@@ -43,6 +47,7 @@ impl DeadReason {
             Self::MaxAttempts => "max_attempts",
             Self::Expired => "expired",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::InvalidMessageId => "invalid_message_id",
         }
     }
 }
@@ -146,19 +151,38 @@ pub enum SettleError {
     Ack(#[from] lapin::Error),
 }
 
-fn headers_without_broker_trace(props: &BasicProperties) -> FieldTable {
+/// The event's headers without the broker's dead-letter trail (`x-death`, ...) and without
+/// the names in `also_drop`.
+pub(crate) fn copy_headers(props: &BasicProperties, also_drop: &[&str]) -> FieldTable {
     let mut out = FieldTable::default();
-    if let Some(h) = props.headers() {
-        for (k, v) in h.inner() {
-            let name = k.as_str();
-            if !(name.starts_with("x-death")
-                || name.starts_with("x-first-death")
-                || name.starts_with("x-last-death"))
-            {
-                out.insert(k.clone(), v.clone());
-            }
+    for (k, v) in props.headers().iter().flat_map(|h| h.inner()) {
+        let name = k.as_str();
+        let broker_trail = ["x-death", "x-first-death", "x-last-death"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if !broker_trail && !also_drop.contains(&name) {
+            out.insert(k.clone(), v.clone());
         }
     }
+    out
+}
+
+/// The properties without `expiration`: a publisher's per-message TTL must not make a dead
+/// letter vanish from the dead-letter queue. (amq-protocol has no way to unset one field.)
+fn without_expiration(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! keep {
+        ($($get:ident => $set:ident),*) => {$(
+            if let Some(v) = p.$get().clone() {
+                out = out.$set(v);
+            }
+        )*};
+    }
+    keep!(content_type => with_content_type, content_encoding => with_content_encoding,
+        headers => with_headers, delivery_mode => with_delivery_mode, priority => with_priority,
+        correlation_id => with_correlation_id, reply_to => with_reply_to,
+        message_id => with_message_id, timestamp => with_timestamp, kind => with_type,
+        user_id => with_user_id, app_id => with_app_id, cluster_id => with_cluster_id);
     out
 }
 
@@ -193,7 +217,7 @@ impl Settler<'_> {
         let result = match settlement {
             Settlement::Delivered { .. } => Ok(()),
             Settlement::Retry { plan, attempts } => {
-                let mut headers = headers_without_broker_trace(&delivery.properties);
+                let mut headers = copy_headers(&delivery.properties, &[]);
                 headers.insert(
                     HEADER_ATTEMPT.into(),
                     AMQPValue::LongInt(clamp_i32(*attempts)),
@@ -226,7 +250,7 @@ impl Settler<'_> {
                 error,
                 attempts,
             } => {
-                let mut headers = headers_without_broker_trace(&delivery.properties);
+                let mut headers = copy_headers(&delivery.properties, &[]);
                 headers.insert(HEADER_DEAD_REASON.into(), text(reason.as_str()));
                 if let Some(s) = status {
                     headers.insert(HEADER_LAST_STATUS.into(), AMQPValue::LongInt(i32::from(*s)));
@@ -236,7 +260,7 @@ impl Settler<'_> {
                     HEADER_ATTEMPT.into(),
                     AMQPValue::LongInt(clamp_i32(*attempts)),
                 );
-                let mut props = delivery.properties.clone();
+                let mut props = without_expiration(&delivery.properties);
                 if let Some(e) = event {
                     props = props.with_message_id(e.id.as_str().into());
                 }
@@ -244,7 +268,10 @@ impl Settler<'_> {
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_millis();
-                headers.insert("x-dead-at".into(), AMQPValue::LongLongInt(dead_at as i64));
+                headers.insert(
+                    HEADER_DEAD_AT.into(),
+                    AMQPValue::LongLongInt(dead_at as i64),
+                );
                 self.publish(&self.topology.dead_queue, body, props.with_headers(headers))
                     .await
             }

@@ -156,6 +156,9 @@ impl Supervisor {
                 Err(e) => format!("cannot connect: {e}"),
                 Ok(conn) => match self.session(&conn, &mut shutdown).await {
                     Ok(End::Shutdown) => break Ok(()),
+                    // The connection is not closed here: lapin closes it once the last channel
+                    // handle is gone, so in-flight deliveries on a still-healthy channel (a
+                    // cancelled consumer) can settle first.
                     Ok(End::Lost(why)) => {
                         delays = backoff();
                         why

@@ -291,3 +291,56 @@ async fn a_receiver_slower_than_the_timeout_is_retried_and_nothing_leaks() {
     assert!(env.dead_letters().await.is_empty());
     worker.stop().await.unwrap();
 }
+
+/// Connections the broker has open under the worker's connection name.
+fn worker_connections() -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .matches("connection_name\",\"callback-dispatcher\"")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_work_queue_is_redeclared_without_leaking_a_connection() {
+    let _serial = SERIAL.lock().await;
+    let receiver = Server::start(|_, _| Reply::status(200)).await;
+    let env = Env::new("cancel");
+    let yaml = env.yaml(
+        "  initial_delay: 100ms\n  max_delay: 1s\n",
+        &profile(&receiver.url("/")),
+    );
+    let worker = env.start(env.config(&yaml)).await;
+    wait_until(LIMIT, "one worker connection", || async {
+        worker_connections() == 1
+    })
+    .await;
+    publish_load(&env, 10, "c1").await;
+    receiver.wait_for(10, LIMIT).await;
+
+    // The broker cancels the consumer; the connection itself stays up.
+    let conn = env.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(env.queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    conn.close(200, "".into()).await.unwrap();
+
+    wait_until(LIMIT, "ready again", || async {
+        worker.get("/readyz").await.0 == 200
+    })
+    .await;
+    publish_load(&env, 10, "c2").await;
+    receiver.wait_for(20, LIMIT).await;
+    wait_until(LIMIT, "the old connection closed", || async {
+        worker_connections() == 1
+    })
+    .await;
+    println!(
+        "consumer cancelled: 20 of 20 delivered, {} worker connection(s) open",
+        worker_connections()
+    );
+    worker.stop().await.unwrap();
+}

@@ -221,7 +221,10 @@ async fn a_400_is_dead_lettered_with_reason_status_and_the_body_unchanged() {
     let worker = env
         .start(env.config(&env.yaml(FAST_RETRY, &profile("p", &receiver.url("/"), ""))))
         .await;
-    env.publish(Some("p"), "evt-400", b"{\"to\":\"x\"}").await;
+    // A publisher's per-message TTL must not follow the event into the dead-letter queue.
+    let props = event_props(Some("p"), "evt-400").with_expiration("600000".into());
+    env.publish_many(1, move |_| (props.clone(), b"{\"to\":\"x\"}".to_vec()))
+        .await;
     let dead = env.wait_dead(1, LIMIT).await;
     let d = &dead[0];
     assert_eq!(
@@ -241,6 +244,11 @@ async fn a_400_is_dead_lettered_with_reason_status_and_the_body_unchanged() {
         "evt-400"
     );
     assert_eq!(d.data, b"{\"to\":\"x\"}");
+    assert_eq!(
+        d.properties.expiration(),
+        &None,
+        "a dead letter never expires"
+    );
     assert_eq!(receiver.count(), 1, "a permanent failure is not retried");
     worker.stop().await.unwrap();
 }
@@ -306,11 +314,12 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow
     env.publish_many(1, move |_| (props.clone(), b"{}".to_vec()))
         .await;
     env.publish(Some("good"), "bad-huge", &[b'x'; 1001]).await;
+    env.publish(Some("good"), "bad\nid", b"{}").await;
     for i in 0..5 {
         env.publish(Some("good"), &format!("good-{i}"), b"{}").await;
     }
     receiver.wait_for(5, LIMIT).await;
-    let dead = env.wait_dead(4, LIMIT).await;
+    let dead = env.wait_dead(5, LIMIT).await;
     let mut reasons: Vec<(String, String)> = dead
         .iter()
         .map(|d| {
@@ -324,6 +333,7 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow
     assert_eq!(
         reasons,
         vec![
+            ("bad\nid".into(), "invalid_message_id".into()),
             ("bad-huge".into(), "payload_too_large".into()),
             ("bad-int".into(), "missing_profile".into()),
             ("bad-missing".into(), "missing_profile".into()),
@@ -346,10 +356,10 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow
     );
     let m = worker.metrics().await;
     assert_eq!(m.deliveries("(none)", "dead_lettered"), 3.0);
-    assert_eq!(m.deliveries("good", "dead_lettered"), 1.0);
+    assert_eq!(m.deliveries("good", "dead_lettered"), 2.0);
     assert_eq!(
         m.value("callback_dispatcher_events_consumed_total", &[]),
-        9.0
+        10.0
     );
     worker.stop().await.unwrap();
 }
