@@ -1,23 +1,27 @@
-//! The per-event hot path, piece by piece: a cached token (lookup + header value), signing,
-//! response classification, the retry plan, and profile lookup among 10 vs 10,000 profiles
-//! (the per-event cost must not grow with the profile count).
+//! The per-event hot path, piece by piece: a cached token (lookup + header value), signing
+//! (v1 HMAC and v1a ed25519), response classification, the gate (admit + finish), the fate
+//! decision, the retry plan, and profile lookup among 10 vs 10,000 profiles (the per-event
+//! cost must not grow with the profile count).
 
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callback_dispatcher::auth::Authenticator;
 use callback_dispatcher::config::Config;
+use callback_dispatcher::decide::{AttemptResult, Case, Facts, decide};
 use callback_dispatcher::metrics::Metrics;
+use callback_dispatcher::profiles::breaker::Health;
+use callback_dispatcher::profiles::{Registry, Window};
 use callback_dispatcher::retry::RetryPolicy;
 use callback_dispatcher::send::classify;
 use callback_dispatcher::sign::{Signer, decode_secret};
 use criterion::{Criterion, criterion_group, criterion_main};
 use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
 
 fn config_with(n: usize, auth_url: &str) -> Config {
-    let mut yaml = String::from("profiles:\n");
+    let mut yaml = String::from("delivery: {allow_networks: [127.0.0.0/8]}\nprofiles:\n");
     for i in 0..n {
         yaml.push_str(&format!(
             "  - id: p{i}\n    url: http://127.0.0.1:9/cb\n    auth: {{type: oauth2, url: \"{auth_url}\", client_id: c, client_secret: s}}\n"
@@ -26,7 +30,7 @@ fn config_with(n: usize, auth_url: &str) -> Config {
     Config::from_yaml(&yaml, Path::new("bench.yaml"), |_| None).unwrap()
 }
 
-/// A one-shot token server: the first request fills the cache, the bench measures hits.
+/// A token server: the first request fills the cache, the bench measures hits.
 fn token_server(rt: &tokio::runtime::Runtime) -> String {
     rt.block_on(async {
         let app = axum::Router::new()
@@ -38,6 +42,10 @@ fn token_server(rt: &tokio::runtime::Runtime) -> String {
     })
 }
 
+fn secret(s: &str) -> callback_dispatcher::sign::Key {
+    decode_secret(&SecretString::from(s)).unwrap()
+}
+
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -47,33 +55,49 @@ fn benches(c: &mut Criterion) {
     let url = token_server(&rt);
 
     let config = config_with(1, &url);
-    let profile = config.profiles.get("p0").unwrap().clone();
-    let client = callback_dispatcher::http::client(Duration::from_secs(1), Duration::from_secs(5));
-    let auth = Authenticator::new(client, Arc::new(Metrics::new()));
-    rt.block_on(auth.credential(&profile)).unwrap();
+    let registry = rt.block_on(async { Registry::new(&config, Arc::new(Metrics::new())) });
+    let snapshot = registry.load();
+    let endpoint = snapshot.endpoint("p0").unwrap().clone();
+    rt.block_on(endpoint.credential()).unwrap();
     c.bench_function("cached token: lookup + Authorization value", |b| {
         b.to_async(&rt).iter(|| async {
-            let cred = auth.credential(black_box(&profile)).await.unwrap().unwrap();
+            let cred = endpoint.credential().await.unwrap().unwrap();
             black_box(cred.value)
         })
     });
 
-    let signer = Signer::new(vec![
-        decode_secret(&SecretString::from(
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        ))
-        .unwrap(),
-    ]);
-    let body = vec![b'x'; 1024];
-    c.bench_function("sign 1 KiB body (1 secret)", |b| {
-        b.iter(|| {
-            signer.sign(
-                black_box("msg_p5jXN8AQM9LWM0D4loKWxJek"),
-                black_box(1614265330),
-                black_box(&body),
-            )
+    let window = Arc::new(Window::new(256));
+    let stop = CancellationToken::new();
+    c.bench_function("gate: hold + admit + finish (no limits reached)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let _hold = endpoint.gate.hold(&window);
+            let pass = endpoint.gate.admit(&window, &stop).await.unwrap();
+            black_box(pass.finish(Health::Up))
         })
     });
+
+    let body = vec![b'x'; 1024];
+    for (name, key) in [
+        (
+            "sign 1 KiB body (v1, HMAC)",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+        (
+            "sign 1 KiB body (v1a, ed25519)",
+            "whsk_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        ),
+    ] {
+        let signer = Signer::new(vec![secret(key)]);
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                signer.sign(
+                    black_box("msg_p5jXN8AQM9LWM0D4loKWxJek"),
+                    black_box(1614265330),
+                    black_box(&body),
+                )
+            })
+        });
+    }
 
     c.bench_function("classify status", |b| b.iter(|| classify(black_box(503))));
 
@@ -89,15 +113,33 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
+    let facts = Facts {
+        attempts_before: 0,
+        deferrals_before: 0,
+        age: Duration::from_secs(1),
+    };
+    c.bench_function("decide (delivered)", |b| {
+        b.iter(|| {
+            decide(
+                black_box(Case::Attempted(AttemptResult::Delivered { status: 204 })),
+                facts,
+                &policy,
+                &declared,
+                0.5,
+            )
+        })
+    });
 
-    let small = config_with(10, &url);
-    let large = config_with(10_000, &url);
+    let small =
+        rt.block_on(async { Registry::new(&config_with(10, &url), Arc::new(Metrics::new())) });
+    let large =
+        rt.block_on(async { Registry::new(&config_with(10_000, &url), Arc::new(Metrics::new())) });
     let mut group = c.benchmark_group("profile lookup");
     group.bench_function("10 profiles", |b| {
-        b.iter(|| small.profiles.get(black_box("p7")).is_some())
+        b.iter(|| small.load().endpoint(black_box("p7")).is_some())
     });
     group.bench_function("10000 profiles", |b| {
-        b.iter(|| large.profiles.get(black_box("p7777")).is_some())
+        b.iter(|| large.load().endpoint(black_box("p7777")).is_some())
     });
     group.finish();
 

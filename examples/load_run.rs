@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use callback_dispatcher::amqp::Topology;
 use callback_dispatcher::config::Config;
-use callback_dispatcher::topology::Topology;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
@@ -43,11 +43,12 @@ async fn main() -> anyhow::Result<()> {
         "amqp: {{url: \"{amqp}\", queue: {queue}, exchange: {queue}}}\nmetrics: {{listen: \"127.0.0.1:0\"}}\nlog: {{format: text}}\nprofiles:\n  - id: load\n    url: \"http://{addr}/cb\"\n    signing: {{secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}}\n"
     );
     let config = Config::from_yaml(&yaml, Path::new("load.yaml"), |_| None)?;
-    let topology = Topology::new(&config);
+    let topology = Topology::new(&config.amqp);
+    let delays = config.retry.delay_queue_ms();
 
     let conn = Connection::connect(&amqp, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
-    topology.declare(&ch).await?;
+    topology.declare(&ch, &delays).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut headers = FieldTable::default();
     headers.insert(
@@ -104,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = stop.send(());
     run.await??;
-    for q in topology.queues() {
+    for q in topology.queues(&delays) {
         ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }

@@ -5,15 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
 
-use crate::settle::DeadReason;
-
-pub const HEADER_PROFILE: &str = "profile";
-pub const HEADER_ATTEMPT: &str = "x-attempt";
-/// Set by the worker on republish when the event has no AMQP timestamp: unix milliseconds of
-/// the first attempt, so `max_age` survives retries without any state in the process.
-pub const HEADER_FIRST_ATTEMPT: &str = "x-first-attempt";
+use crate::amqp::DeadReason;
+use crate::amqp::headers::{self, ATTEMPT, DEFERRALS, FIRST_ATTEMPT};
 
 /// One callback event, ready for the pipeline.
 #[derive(Debug, Clone)]
@@ -25,6 +19,8 @@ pub struct Event {
     pub content_type: String,
     /// Attempts made before this one (`x-attempt`).
     pub attempts_before: u32,
+    /// Times it was deferred before (`x-deferrals`).
+    pub deferrals_before: u32,
     /// What `max_age` is measured from: the AMQP timestamp, else the first attempt.
     pub born: SystemTime,
     /// The first attempt, carried in `x-first-attempt` when there is no timestamp.
@@ -40,69 +36,6 @@ pub struct Rejected {
     pub profile: Option<String>,
 }
 
-fn as_text(v: &AMQPValue) -> Option<&str> {
-    match v {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-        AMQPValue::ShortString(s) => Some(s.as_str()),
-        _ => None,
-    }
-}
-
-fn as_int(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(n) => i128::from(*n),
-        AMQPValue::ShortShortUInt(n) => i128::from(*n),
-        AMQPValue::ShortInt(n) => i128::from(*n),
-        AMQPValue::ShortUInt(n) => i128::from(*n),
-        AMQPValue::LongInt(n) => i128::from(*n),
-        AMQPValue::LongUInt(n) => i128::from(*n),
-        AMQPValue::LongLongInt(n) => i128::from(*n),
-        AMQPValue::Timestamp(n) => i128::from(*n),
-        other => as_text(other)?.trim().parse().ok()?,
-    })
-}
-
-/// A header, by name.
-pub fn header<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
-    headers?.inner().get(name)
-}
-
-/// `x-attempt` as a count: integers of any AMQP width or numeric strings; a negative,
-/// non-numeric or absurd value is clamped rather than trusted or fatal.
-pub fn attempts(headers: Option<&FieldTable>) -> u32 {
-    header(headers, HEADER_ATTEMPT)
-        .and_then(as_int)
-        .map_or(0, |n| n.clamp(0, i128::from(u32::MAX)) as u32)
-}
-
-/// The profile id the event names; a readable reason when it names none.
-pub fn profile_of(headers: Option<&FieldTable>) -> Result<String, String> {
-    match header(headers, HEADER_PROFILE) {
-        None => Err("the event has no `profile` header".into()),
-        Some(v) => match as_text(v) {
-            Some(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-            Some(_) => Err("the `profile` header is empty".into()),
-            None => Err(format!(
-                "the `profile` header must be a string, not {}",
-                type_name(v)
-            )),
-        },
-    }
-}
-
-fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "a boolean",
-        AMQPValue::FieldArray(_) => "an array",
-        AMQPValue::FieldTable(_) => "a table",
-        AMQPValue::ByteArray(_) => "a byte array",
-        AMQPValue::Void => "void",
-        AMQPValue::Float(_) | AMQPValue::Double(_) | AMQPValue::DecimalValue(_) => "a number",
-        AMQPValue::LongString(_) => "a non-UTF-8 string",
-        _ => "an integer",
-    }
-}
-
 /// Read a delivery's properties and body into an event.
 pub fn read(
     props: &BasicProperties,
@@ -111,7 +44,7 @@ pub fn read(
     now: SystemTime,
 ) -> Result<Event, Rejected> {
     let headers = props.headers().as_ref();
-    let profile = profile_of(headers).map_err(|error| Rejected {
+    let profile = headers::profile(headers).map_err(|error| Rejected {
         reason: DeadReason::MissingProfile,
         error,
         profile: None,
@@ -126,8 +59,8 @@ pub fn read(
             profile: Some(profile),
         });
     }
-    let first_attempt = header(headers, HEADER_FIRST_ATTEMPT)
-        .and_then(as_int)
+    let first_attempt = headers::get(headers, FIRST_ATTEMPT)
+        .and_then(headers::as_int)
         .and_then(|ms| u64::try_from(ms).ok())
         .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
         .filter(|t| *t <= now)
@@ -161,7 +94,8 @@ pub fn read(
         profile,
         body,
         content_type,
-        attempts_before: attempts(headers),
+        attempts_before: headers::count(headers, ATTEMPT),
+        deferrals_before: headers::count(headers, DEFERRALS),
         born,
         first_attempt,
     })
@@ -170,7 +104,8 @@ pub fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::{LongString, ShortString};
+    use crate::amqp::headers::{PROFILE, text};
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
     fn props(headers: &[(&str, AMQPValue)]) -> BasicProperties {
         let mut t = FieldTable::default();
@@ -180,54 +115,28 @@ mod tests {
         BasicProperties::default().with_headers(t)
     }
 
-    fn text(s: &str) -> AMQPValue {
-        AMQPValue::LongString(LongString::from(s))
-    }
-
-    #[test]
-    fn attempt_header_table() {
-        let cases = [
-            (None, 0),
-            (Some(AMQPValue::LongInt(3)), 3),
-            (Some(AMQPValue::LongLongInt(7)), 7),
-            (Some(AMQPValue::ShortShortUInt(2)), 2),
-            (Some(text("4")), 4),
-            (Some(text("four")), 0),
-            (Some(AMQPValue::LongInt(-5)), 0),
-            (Some(AMQPValue::LongLongInt(i64::MAX)), u32::MAX),
-            (Some(AMQPValue::Boolean(true)), 0),
-        ];
-        for (value, want) in cases {
-            let p = match &value {
-                Some(v) => props(&[(HEADER_ATTEMPT, v.clone())]),
-                None => props(&[]),
-            };
-            assert_eq!(attempts(p.headers().as_ref()), want, "{value:?}");
-        }
-    }
-
     #[test]
     fn profile_header_table() {
         let now = SystemTime::now();
         let cases: Vec<(BasicProperties, Result<&str, DeadReason>)> = vec![
-            (props(&[(HEADER_PROFILE, text("acme"))]), Ok("acme")),
+            (props(&[(PROFILE, text("acme"))]), Ok("acme")),
             (
-                props(&[(HEADER_PROFILE, AMQPValue::ShortString("acme".into()))]),
+                props(&[(PROFILE, AMQPValue::ShortString("acme".into()))]),
                 Ok("acme"),
             ),
             (props(&[]), Err(DeadReason::MissingProfile)),
             (BasicProperties::default(), Err(DeadReason::MissingProfile)),
             (
-                props(&[(HEADER_PROFILE, AMQPValue::LongInt(5))]),
+                props(&[(PROFILE, AMQPValue::LongInt(5))]),
                 Err(DeadReason::MissingProfile),
             ),
             (
-                props(&[(HEADER_PROFILE, text(" "))]),
+                props(&[(PROFILE, text(" "))]),
                 Err(DeadReason::MissingProfile),
             ),
             (
                 props(&[(
-                    HEADER_PROFILE,
+                    PROFILE,
                     AMQPValue::LongString(LongString::from(vec![0xff, 0xfe])),
                 )]),
                 Err(DeadReason::MissingProfile),
@@ -244,18 +153,19 @@ mod tests {
     #[test]
     fn defaults_and_limits() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let p = props(&[(HEADER_PROFILE, text("acme"))]);
+        let p = props(&[(PROFILE, text("acme"))]);
         let e = read(&p, Bytes::from_static(b"0123456789"), 10, now).unwrap();
         assert_eq!(e.content_type, "application/json");
         assert!(e.id.starts_with("msg_"));
         assert_eq!((e.born, e.first_attempt, e.attempts_before), (now, now, 0));
+        assert_eq!(e.deferrals_before, 0);
         let big = read(&p, Bytes::from_static(b"0123456789X"), 10, now).unwrap_err();
         assert_eq!(big.reason, DeadReason::PayloadTooLarge);
         assert_eq!(big.profile.as_deref(), Some("acme"));
 
         let p = props(&[
-            (HEADER_PROFILE, text("acme")),
-            (HEADER_FIRST_ATTEMPT, AMQPValue::LongLongInt(999_000_000)),
+            (PROFILE, text("acme")),
+            (FIRST_ATTEMPT, AMQPValue::LongLongInt(999_000_000)),
         ])
         .with_message_id("evt-1".into())
         .with_content_type("text/plain".into());

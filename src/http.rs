@@ -1,18 +1,40 @@
-//! The one HTTP client and the small helpers both the auth and the send stage use.
+//! The HTTP clients and the small helpers both the auth and the send stage use.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Tls;
+use crate::guard::{Blocked, Guard, Resolver};
+
+/// A client for callbacks and auth requests.
+///
 /// Redirects are never followed: a callback or auth URL that redirects is a misconfiguration,
-/// and following it would send signed bodies and credentials to another host.
-pub fn client(connect_timeout: Duration, timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+/// and following it would send signed bodies and credentials to another host. Proxies from
+/// the environment are ignored (the network guard must see every address). `tls` adds a
+/// client certificate and an extra trust root for one profile.
+pub fn client(
+    connect_timeout: Duration,
+    timeout: Duration,
+    guard: &Guard,
+    tls: Option<&Tls>,
+) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(Resolver(guard.clone())))
         .connect_timeout(connect_timeout)
         .timeout(timeout)
         .user_agent(concat!("callback-dispatcher/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .expect("the TLS backend initialises")
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        b = b.tls_certs_merge(tls.roots());
+        if let Some(identity) = tls.identity() {
+            b = b.identity(identity);
+        }
+    }
+    b.build()
+        .expect("the TLS backend initialises; TLS material was checked at load")
 }
 
 /// Read at most `cap` bytes of a response body; the rest is never downloaded.
@@ -31,10 +53,43 @@ pub async fn read_capped(
     Ok(out)
 }
 
+/// The network guard's refusal inside a failed request, if that is why it failed.
+pub fn blocked(err: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<Blocked>() {
+            return Some(b.to_string());
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// Whether a failed request failed in the TLS handshake (a certificate refused either way).
+fn tls_handshake(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// A reqwest error as text, without the URL (an auth URL may carry credentials in its query).
 pub fn describe(err: reqwest::Error) -> String {
     let kind = if err.is_timeout() {
         "timeout"
+    } else if tls_handshake(&err) {
+        "TLS handshake failed"
     } else if err.is_connect() {
         "connection failed"
     } else if err.is_body() || err.is_decode() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use callback_dispatcher::config::{Config, LogFormat};
-use callback_dispatcher::{commands, dead_letters, publish};
+use callback_dispatcher::ops::{check_config, dead_letters, publish, signing_key, token};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the worker until SIGTERM or SIGINT.
+    /// Run the worker until SIGTERM or SIGINT; SIGHUP or a change of the file reloads it.
     Run,
     /// Load and validate the configuration: a summary and exit 0, or every error and exit 1.
     CheckConfig,
@@ -62,6 +62,13 @@ enum Command {
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
     DeadLetters(DeadLetters),
+    /// Print the whpk_ public key of each of a profile's whsk_ (ed25519) signing secrets, for
+    /// the customer to verify v1a signatures with.
+    SigningKey {
+        /// The profile id.
+        #[arg(long)]
+        profile: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,17 +134,31 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run => {
             init_logs(config.log.format, "info");
-            callback_dispatcher::run(config, shutdown_signal()).await
+            for w in config.warnings() {
+                tracing::warn!("{w}");
+            }
+            match callback_dispatcher::Worker::bind(config).await {
+                Ok(worker) => {
+                    worker
+                        .watch(cli.config.clone())
+                        .run(shutdown_signal())
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         }
         Command::CheckConfig => {
-            println!("{}: {}", cli.config.display(), config.summary());
+            print!("{}", check_config::report(&cli.config, &config));
             Ok(())
         }
         Command::Token { profile } => {
             init_logs(LogFormat::Text, "warn");
-            commands::token(&config, &profile)
+            token::token(&config, &profile)
                 .await
                 .map(|report| print!("{report}"))
+        }
+        Command::SigningKey { profile } => {
+            signing_key::signing_key(&config, &profile).map(|keys| print!("{keys}"))
         }
         Command::Publish {
             profile,
@@ -187,7 +208,7 @@ async fn main() -> ExitCode {
             init_logs(LogFormat::Text, "warn");
             dead_letters::list(&config, limit)
                 .await
-                .map(|(rows, total)| print!("{}", commands::dead_letter_table(&rows, total)))
+                .map(|(rows, total)| print!("{}", dead_letters::dead_letter_table(&rows, total)))
         }
         Command::DeadLetters(DeadLetters::Replay { profile, limit }) => {
             init_logs(LogFormat::Text, "warn");

@@ -1,84 +1,67 @@
-//! Every metric of SPEC section 7, registered in one place. Label values come only from the
-//! profile ids of the config (or [`NO_PROFILE`]) and the `as_str` of the outcome enums, so the
-//! number of series is bounded.
+//! Every metric of SPEC section 7, registered in one place, and each profile's series
+//! resolved once ([`ProfileMetrics`]) so the per-event path never looks a series up by its
+//! label strings. Label values come only from configured profile ids (or [`NO_PROFILE`]) and
+//! the `as_str` of outcome enums, so the number of series is bounded; a profile's series
+//! appear on the first event that uses them.
+
+use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The profile label of events that name no known profile. Parentheses cannot occur in a
 /// profile id, so it never collides with one.
 pub const NO_PROFILE: &str = "(none)";
 
-/// `deliveries_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    Delivered,
-    RetryScheduled,
-    DeadLettered,
+/// A metric label value.
+pub trait Label: Copy + 'static {
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+    fn index(self) -> usize;
 }
 
-impl DeliveryOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Delivered => "delivered",
-            Self::RetryScheduled => "retry_scheduled",
-            Self::DeadLettered => "dead_lettered",
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+        impl Label for $name {
+            const ALL: &'static [Self] = &[$(Self::$variant),+];
+            fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
         }
+    };
+}
+
+label_enum!(
+    /// `deliveries_total{outcome}`.
+    DeliveryOutcome { Delivered => "delivered", RetryScheduled => "retry_scheduled", DeadLettered => "dead_lettered" }
+);
+label_enum!(
+    /// `delivery_attempts_total{result}`.
+    AttemptClass {
+        S2xx => "2xx", S3xx => "3xx", S4xx => "4xx", S5xx => "5xx",
+        Timeout => "timeout", ConnectError => "connect_error", AuthFailed => "auth_failed",
     }
-}
-
-/// `delivery_attempts_total{result}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptClass {
-    S2xx,
-    S3xx,
-    S4xx,
-    S5xx,
-    Timeout,
-    ConnectError,
-    AuthFailed,
-}
-
-impl AttemptClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::S2xx => "2xx",
-            Self::S3xx => "3xx",
-            Self::S4xx => "4xx",
-            Self::S5xx => "5xx",
-            Self::Timeout => "timeout",
-            Self::ConnectError => "connect_error",
-            Self::AuthFailed => "auth_failed",
-        }
-    }
-
-    pub fn of_status(status: u16) -> Self {
-        match status {
-            200..=299 => Self::S2xx,
-            300..=399 => Self::S3xx,
-            500..=599 => Self::S5xx,
-            _ => Self::S4xx,
-        }
-    }
-}
-
-/// `token_requests_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenOutcome {
-    Success,
-    Failure,
-}
-
-impl TokenOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Failure => "failure",
-        }
-    }
-}
+);
+label_enum!(
+    /// `token_requests_total{outcome}`.
+    TokenOutcome { Success => "success", Failure => "failure" }
+);
+label_enum!(
+    /// `deferrals_total{reason}`: why an event was put back without an attempt.
+    DeferReason { Concurrency => "concurrency", RateLimit => "rate_limit", CircuitOpen => "circuit_open" }
+);
+label_enum!(
+    /// `config_reloads_total{outcome}`.
+    ReloadOutcome { Success => "success", Failure => "failure" }
+);
 
 /// Buckets for HTTP callbacks: from 5 ms to well past the default 15 s timeout.
 const DURATION_BUCKETS: &[f64] = &[
@@ -97,6 +80,11 @@ pub struct Metrics {
     pub token_cache_hits: IntCounterVec,
     pub inflight: IntGauge,
     pub amqp_connected: IntGauge,
+    pub deferrals: IntCounterVec,
+    pub circuit_open: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    /// Not in SPEC section 7: operations on the shared token cache that failed or timed out.
+    pub token_cache_errors: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -113,7 +101,6 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
         let name = |n: &str| format!("callback_dispatcher_{n}");
         let counter =
             |n: &str, help: &str| IntCounter::with_opts(Opts::new(name(n), help)).unwrap();
@@ -157,30 +144,46 @@ impl Metrics {
             ),
             inflight: gauge("inflight_deliveries", "Deliveries being processed now."),
             amqp_connected: gauge("amqp_connected", "1 while connected to the broker, else 0."),
-            registry,
+            deferrals: counter_vec(
+                "deferrals_total",
+                "Events put back to a delay queue without an attempt: concurrency, rate_limit, circuit_open.",
+                &["profile", "reason"],
+            ),
+            circuit_open: IntGaugeVec::new(
+                Opts::new(
+                    name("circuit_open"),
+                    "1 while the profile's circuit breaker is open or probing.",
+                ),
+                &["profile"],
+            )
+            .unwrap(),
+            config_reloads: counter_vec(
+                "config_reloads_total",
+                "Configuration reloads by outcome: success, failure.",
+                &["outcome"],
+            ),
+            token_cache_errors: counter(
+                "token_cache_errors_total",
+                "Shared token cache (Redis) operations that failed or timed out; the worker then fetches tokens itself.",
+            ),
+            registry: Registry::new(),
             headers: Vec::new(),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
-            Box::new(m.events_consumed.clone()),
-            Box::new(m.deliveries.clone()),
-            Box::new(m.delivery_attempts.clone()),
-            Box::new(m.delivery_duration.clone()),
-            Box::new(m.token_requests.clone()),
-            Box::new(m.token_cache_hits.clone()),
-            Box::new(m.inflight.clone()),
-            Box::new(m.amqp_connected.clone()),
+        let collectors: [(Box<dyn prometheus::core::Collector>, &str); 12] = [
+            (Box::new(m.events_consumed.clone()), "counter"),
+            (Box::new(m.deliveries.clone()), "counter"),
+            (Box::new(m.delivery_attempts.clone()), "counter"),
+            (Box::new(m.delivery_duration.clone()), "histogram"),
+            (Box::new(m.token_requests.clone()), "counter"),
+            (Box::new(m.token_cache_hits.clone()), "counter"),
+            (Box::new(m.inflight.clone()), "gauge"),
+            (Box::new(m.amqp_connected.clone()), "gauge"),
+            (Box::new(m.deferrals.clone()), "counter"),
+            (Box::new(m.circuit_open.clone()), "gauge"),
+            (Box::new(m.config_reloads.clone()), "counter"),
+            (Box::new(m.token_cache_errors.clone()), "counter"),
         ];
-        let kinds = [
-            "counter",
-            "counter",
-            "counter",
-            "histogram",
-            "counter",
-            "counter",
-            "gauge",
-            "gauge",
-        ];
-        for (c, kind) in collectors.into_iter().zip(kinds) {
+        for (c, kind) in collectors {
             for d in c.desc() {
                 m.headers.push((
                     d.fq_name.clone(),
@@ -209,5 +212,156 @@ impl Metrics {
             }
         }
         text
+    }
+
+    /// `deliveries_total` for events that name no known profile.
+    pub fn unprofiled(&self, outcome: DeliveryOutcome) -> IntCounter {
+        self.deliveries
+            .with_label_values(&[NO_PROFILE, outcome.as_str()])
+    }
+
+    pub fn reload(&self, outcome: ReloadOutcome) {
+        self.config_reloads
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+}
+
+/// One series per label value of `L`, each resolved on first use and then held.
+struct Children<L: Label, const N: usize> {
+    cells: [OnceLock<IntCounter>; N],
+    _label: std::marker::PhantomData<L>,
+}
+
+impl<L: Label, const N: usize> Children<L, N> {
+    fn new() -> Self {
+        Self {
+            cells: std::array::from_fn(|_| OnceLock::new()),
+            _label: std::marker::PhantomData,
+        }
+    }
+
+    fn get(&self, vec: &IntCounterVec, profile: &str, label: L) -> &IntCounter {
+        self.cells[label.index()].get_or_init(|| vec.with_label_values(&[profile, label.as_str()]))
+    }
+}
+
+/// One profile's series. Built with the profile's runtime; each series is registered on its
+/// first use, then every later use is a plain atomic add.
+pub struct ProfileMetrics {
+    profile: std::sync::Arc<str>,
+    root: std::sync::Arc<Metrics>,
+    deliveries: Children<DeliveryOutcome, 3>,
+    attempts: Children<AttemptClass, 7>,
+    tokens: Children<TokenOutcome, 2>,
+    deferrals: Children<DeferReason, 3>,
+    duration: OnceLock<Histogram>,
+    cache_hits: OnceLock<IntCounter>,
+    circuit_open: OnceLock<IntGauge>,
+}
+
+impl ProfileMetrics {
+    pub fn new(root: std::sync::Arc<Metrics>, profile: std::sync::Arc<str>) -> Self {
+        Self {
+            profile,
+            root,
+            deliveries: Children::new(),
+            attempts: Children::new(),
+            tokens: Children::new(),
+            deferrals: Children::new(),
+            duration: OnceLock::new(),
+            cache_hits: OnceLock::new(),
+            circuit_open: OnceLock::new(),
+        }
+    }
+
+    pub fn root(&self) -> &Metrics {
+        &self.root
+    }
+
+    pub fn delivery(&self, outcome: DeliveryOutcome) {
+        self.deliveries
+            .get(&self.root.deliveries, &self.profile, outcome)
+            .inc();
+    }
+
+    pub fn attempt(&self, class: AttemptClass, took: Option<std::time::Duration>) {
+        self.attempts
+            .get(&self.root.delivery_attempts, &self.profile, class)
+            .inc();
+        if let Some(took) = took {
+            self.duration
+                .get_or_init(|| {
+                    self.root
+                        .delivery_duration
+                        .with_label_values(&[&self.profile])
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn token_request(&self, outcome: TokenOutcome) {
+        self.tokens
+            .get(&self.root.token_requests, &self.profile, outcome)
+            .inc();
+    }
+
+    pub fn token_cache_hit(&self) {
+        self.cache_hits
+            .get_or_init(|| {
+                self.root
+                    .token_cache_hits
+                    .with_label_values(&[&self.profile])
+            })
+            .inc();
+    }
+
+    pub fn deferral(&self, reason: DeferReason) {
+        self.deferrals
+            .get(&self.root.deferrals, &self.profile, reason)
+            .inc();
+    }
+
+    pub fn set_circuit_open(&self, open: bool) {
+        self.circuit_open
+            .get_or_init(|| self.root.circuit_open.with_label_values(&[&self.profile]))
+            .set(i64::from(open));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_series_appear_on_first_use_with_their_labels() {
+        let root = std::sync::Arc::new(Metrics::new());
+        let m = ProfileMetrics::new(root.clone(), "acme".into());
+        assert!(!root.render().contains("profile=\"acme\""));
+        m.attempt(
+            AttemptClass::S5xx,
+            Some(std::time::Duration::from_millis(3)),
+        );
+        m.attempt(AttemptClass::S5xx, None);
+        m.deferral(DeferReason::RateLimit);
+        let text = root.render();
+        assert!(
+            text.contains(
+                "callback_dispatcher_delivery_attempts_total{profile=\"acme\",result=\"5xx\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "callback_dispatcher_deferrals_total{profile=\"acme\",reason=\"rate_limit\"} 1"
+        ));
+        assert!(
+            text.contains(
+                "callback_dispatcher_delivery_duration_seconds_count{profile=\"acme\"} 1"
+            )
+        );
+        assert!(
+            !text.contains("result=\"2xx\""),
+            "unused series stay absent"
+        );
     }
 }

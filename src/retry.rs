@@ -110,18 +110,7 @@ impl RetryPolicy {
         let jittered = d - ((d as f64 * fraction).floor() as u64).min(d);
         let wanted = retry_after.map(|ra| millis(ra).min(millis(self.max_delay)));
         match wanted {
-            Some(ra) if ra > d => {
-                let queue = declared
-                    .iter()
-                    .copied()
-                    .find(|&q| q >= ra)
-                    .or_else(|| declared.last().copied())
-                    .unwrap_or(d);
-                RetryPlan {
-                    queue_delay_ms: queue,
-                    expiration_ms: ra.min(queue),
-                }
-            }
+            Some(ra) if ra > d => covering(ra, declared),
             Some(ra) => RetryPlan {
                 queue_delay_ms: d,
                 expiration_ms: jittered.max(ra),
@@ -131,6 +120,36 @@ impl RetryPolicy {
                 expiration_ms: jittered,
             },
         }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether an event of this age is past `max_age`.
+    pub fn expired(&self, age: Duration) -> bool {
+        age >= self.max_age
+    }
+
+    /// Where a deferred event waits (SPEC section 9): the smallest declared delay that covers
+    /// the expected wait, which is at least 1 s and at most `max_delay`; it comes back after
+    /// exactly that wait.
+    pub fn defer_plan(&self, wait: Duration, declared: &[u64]) -> RetryPlan {
+        let wait = millis(wait).max(1000).min(millis(self.max_delay));
+        covering(wait, declared)
+    }
+}
+
+/// The smallest declared queue whose TTL covers `ms` (else the longest), with `ms` itself as
+/// the message's expiration: a message never waits longer than its queue's TTL.
+fn covering(ms: u64, declared: &[u64]) -> RetryPlan {
+    let queue = declared
+        .iter()
+        .copied()
+        .find(|&q| q >= ms)
+        .or_else(|| declared.last().copied())
+        .unwrap_or(ms);
+    RetryPlan {
+        queue_delay_ms: queue,
+        expiration_ms: ms.min(queue),
     }
 }
 
@@ -241,6 +260,41 @@ mod tests {
             );
             assert!(declared.contains(&plan.queue_delay_ms));
         }
+    }
+
+    #[test]
+    fn defer_plan_table() {
+        let p = RetryPolicy::default(); // queues: 1s 5s 15s 30s 45s 1m ... 6h
+        let declared = p.delay_queue_ms();
+        let ms = Duration::from_millis;
+        for (wait, queue, expiration) in [
+            (ms(0), 1_000, 1_000), // at least 1 s
+            (ms(300), 1_000, 1_000),
+            (ms(1_000), 1_000, 1_000),
+            (ms(1_200), 5_000, 1_200), // smallest covering queue, exact wait
+            (ms(4_500), 5_000, 4_500),
+            (ms(31_000), 45_000, 31_000),
+            (Duration::from_secs(7 * 3600), 21_600_000, 21_600_000), // capped at max_delay
+        ] {
+            let plan = p.defer_plan(wait, &declared);
+            assert_eq!(
+                (plan.queue_delay_ms, plan.expiration_ms),
+                (queue, expiration),
+                "{wait:?}"
+            );
+            assert!(declared.contains(&plan.queue_delay_ms));
+        }
+        // max_delay under a second: the longest queue there is.
+        let short = policy(3, 100, 2.0, 400);
+        let declared = short.delay_queue_ms();
+        assert_eq!(declared, vec![100, 200]);
+        assert_eq!(
+            short.defer_plan(ms(5_000), &declared),
+            RetryPlan {
+                queue_delay_ms: 200,
+                expiration_ms: 200
+            }
+        );
     }
 
     #[test]

@@ -7,10 +7,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 
 use crate::auth::Credential;
+use crate::config::Profile;
 use crate::event::Event;
 use crate::http;
 use crate::metrics::AttemptClass;
-use crate::profile::Profile;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -31,13 +31,32 @@ pub enum Verdict {
     Permanent,
 }
 
-pub fn classify(status: u16) -> Verdict {
-    match status {
+/// What an HTTP status means: for the event, and as the metrics count it. The one place
+/// where status codes are read.
+pub fn classify(status: u16) -> (Verdict, AttemptClass) {
+    let verdict = match status {
         200..=299 => Verdict::Delivered,
         401 => Verdict::Unauthorized,
         408 | 425 | 429 | 500..=599 => Verdict::Retry,
         _ => Verdict::Permanent,
-    }
+    };
+    let class = match status {
+        200..=299 => AttemptClass::S2xx,
+        300..=399 => AttemptClass::S3xx,
+        500..=599 => AttemptClass::S5xx,
+        _ => AttemptClass::S4xx,
+    };
+    (verdict, class)
+}
+
+/// Why an attempt got no HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    Timeout,
+    /// Refused, reset, unreachable, or the TLS handshake failed.
+    Connect,
+    /// The network guard refused the address: nothing was sent.
+    Blocked,
 }
 
 /// One HTTP attempt's result.
@@ -49,15 +68,22 @@ pub enum Sent {
         /// The start of the body for non-2xx answers, for `x-last-error`.
         snippet: String,
     },
-    /// No HTTP answer: timeout or connection error.
-    Failed { class: AttemptClass, error: String },
+    Failed {
+        why: Unanswered,
+        error: String,
+    },
 }
 
 impl Sent {
+    /// Its `delivery_attempts_total{result}`; a refused address counts as a connect error.
     pub fn class(&self) -> AttemptClass {
         match self {
-            Sent::Answered { status, .. } => AttemptClass::of_status(*status),
-            Sent::Failed { class, .. } => *class,
+            Sent::Answered { status, .. } => classify(*status).1,
+            Sent::Failed {
+                why: Unanswered::Timeout,
+                ..
+            } => AttemptClass::Timeout,
+            Sent::Failed { .. } => AttemptClass::ConnectError,
         }
     }
 }
@@ -87,15 +113,24 @@ pub fn query_params(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Sign and send one attempt. Never fails: every outcome is a [`Sent`].
+/// Sign and send one attempt. Never fails: every outcome is a [`Sent`]. `blocked` is the
+/// network guard's verdict on a literal host, found when the profile's runtime was built.
 pub async fn send(
     client: &reqwest::Client,
     profile: &Profile,
     event: &Event,
     credential: Option<&Credential>,
     timeout: Duration,
+    blocked: Option<&str>,
 ) -> (Sent, Duration) {
     let started = Instant::now();
+    if let Some(why) = blocked {
+        let sent = Sent::Failed {
+            why: Unanswered::Blocked,
+            error: why.to_owned(),
+        };
+        return (sent, started.elapsed());
+    }
     // One map, insert semantics: the event's Content-Type, the credential and the signature
     // replace a profile header of the same name instead of being sent twice.
     let mut headers = profile.headers.clone();
@@ -152,13 +187,19 @@ pub async fn send(
                 snippet,
             }
         }
-        Err(e) => Sent::Failed {
-            class: if e.is_timeout() {
-                AttemptClass::Timeout
-            } else {
-                AttemptClass::ConnectError
+        Err(e) => match http::blocked(&e) {
+            Some(why) => Sent::Failed {
+                why: Unanswered::Blocked,
+                error: why,
             },
-            error: http::describe(e),
+            None => Sent::Failed {
+                why: if e.is_timeout() {
+                    Unanswered::Timeout
+                } else {
+                    Unanswered::Connect
+                },
+                error: http::describe(e),
+            },
         },
     };
     (sent, started.elapsed())
@@ -189,7 +230,22 @@ mod tests {
             (503, Retry),
             (599, Retry),
         ] {
-            assert_eq!(classify(status), want, "{status}");
+            assert_eq!(classify(status).0, want, "{status}");
+        }
+    }
+
+    #[test]
+    fn metric_class_table() {
+        use AttemptClass::*;
+        for (status, want) in [
+            (204, S2xx),
+            (302, S3xx),
+            (404, S4xx),
+            (429, S4xx),
+            (503, S5xx),
+            (100, S4xx),
+        ] {
+            assert_eq!(classify(status).1, want, "{status}");
         }
     }
 

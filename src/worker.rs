@@ -1,18 +1,24 @@
 //! Running the pipeline: a supervisor that (re)connects with back-off, declares the topology,
-//! consumes with bounded concurrency, and shuts down gracefully.
+//! consumes, hands every delivery to the pipeline, and shuts down gracefully.
 //!
 //! Design decisions:
 //! - Shutdown is an injected future (`run(config, shutdown)`), as in mini-redis: the binary
 //!   passes SIGTERM/SIGINT, tests pass a oneshot.
-//! - lapin's auto-recovery is not used. When the connection or channel dies, the session
-//!   ends, readiness drops, and the supervisor opens a new connection with back-off. Tasks of
-//!   the dead channel finish on their own; their acks fail and the broker redelivers their
-//!   events (at-least-once, same `webhook-id`).
-//! - In-flight deliveries are tracked with a `TaskTracker` and bounded by a semaphore of
-//!   `delivery.concurrency` permits; `amqp.prefetch` bounds what the broker sends ahead.
+//! - Two connections per session: one consumes (and acks), one publishes retries, deferrals
+//!   and dead letters with confirms. A broker in a memory or disk alarm blocks connections
+//!   that publish; with its own connection the consumer can still ack what was delivered, and
+//!   a shutdown never waits on a blocked socket (every close is bounded).
+//! - lapin's auto-recovery is not used. When a connection or channel dies the session ends,
+//!   readiness drops, and the supervisor reconnects with back-off. Tasks of the dead channel
+//!   finish on their own; their acks fail and the broker redelivers their events
+//!   (at-least-once, same `webhook-id`).
+//! - One task per delivery, at most `amqp.prefetch` of them (the broker sends no more). A
+//!   task waits for its profile's turn inside the pipeline, never in the consumer loop, so
+//!   one profile's backlog cannot stop the others' events from being read.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +35,17 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::amqp::{self, Topology, TopologyError};
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
+use crate::profiles::{Registry, Window};
+use crate::reload::Reloader;
 use crate::server::{self, Health};
 use crate::settle::Settler;
-use crate::topology::TopologyError;
-use crate::{Dispatcher, broker};
+
+/// The longest any close waits for the broker's answer.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Run the worker until `shutdown` completes. Binds `metrics.listen` first.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -45,12 +56,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 pub struct Worker {
     supervisor: Supervisor,
     listener: tokio::net::TcpListener,
+    watch: Option<PathBuf>,
 }
 
-/// Owns the connection loop; `Worker::run` hands it the listener-free part of itself.
 struct Supervisor {
     dispatcher: Arc<Dispatcher>,
     health: Arc<Health>,
+    /// The configuration the worker started with (its `amqp` section is the one in force).
+    base: Config,
+    topology: Topology,
 }
 
 enum End {
@@ -82,18 +96,46 @@ impl Drop for Inflight {
     }
 }
 
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> Option<T> {
+    let out = tokio::time::timeout(CLOSE_LIMIT, f).await.ok();
+    if out.is_none() {
+        tracing::warn!(
+            what,
+            "the broker did not answer in time; going on without it"
+        );
+    }
+    out
+}
+
 impl Worker {
     pub async fn bind(config: Config) -> anyhow::Result<Worker> {
         let listener = tokio::net::TcpListener::bind(config.metrics.listen)
             .await
             .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
+        let metrics = Arc::new(Metrics::new());
+        let dispatcher = Dispatcher {
+            registry: Registry::new(&config, metrics.clone()),
+            window: Arc::new(Window::new(usize::from(config.amqp.prefetch))),
+            attempts: Arc::new(Semaphore::new(config.delivery.concurrency)),
+            shutdown: CancellationToken::new(),
+            metrics,
+        };
         Ok(Worker {
             supervisor: Supervisor {
-                dispatcher: Arc::new(Dispatcher::new(config, Arc::new(Metrics::new()))),
+                dispatcher: Arc::new(dispatcher),
                 health: Arc::new(Health::default()),
+                topology: Topology::new(&config.amqp),
+                base: config,
             },
             listener,
+            watch: None,
         })
+    }
+
+    /// Reload the configuration from `path` on SIGHUP and when its content changes.
+    pub fn watch(mut self, path: PathBuf) -> Self {
+        self.watch = Some(path);
+        self
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` answer.
@@ -111,20 +153,33 @@ impl Worker {
         let Worker {
             supervisor,
             listener,
+            watch,
         } = self;
-        let server_stop = CancellationToken::new();
+        let stop = CancellationToken::new();
         let app = server::router(
             supervisor.dispatcher.metrics.clone(),
             supervisor.health.clone(),
         );
         let server = tokio::spawn(
             axum::serve(listener, app)
-                .with_graceful_shutdown(server_stop.clone().cancelled_owned())
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
                 .into_future(),
         );
+        let reloader = watch.map(|path| {
+            let reloader = Reloader::new(
+                path,
+                &supervisor.base,
+                supervisor.dispatcher.clone(),
+                supervisor.topology.clone(),
+            );
+            tokio::spawn(reloader.run(stop.clone()))
+        });
         let result = supervisor.supervise(shutdown).await;
-        server_stop.cancel();
+        stop.cancel();
         let _ = server.await;
+        if let Some(r) = reloader {
+            let _ = r.await;
+        }
         tracing::info!("stopped");
         result
     }
@@ -133,9 +188,8 @@ impl Worker {
 impl Supervisor {
     /// Connect, run a session, and on loss reconnect with back-off, until shutdown.
     async fn supervise(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let d = &self.dispatcher;
-        tracing::info!(summary = %d.config.summary(), broker = %broker::redacted(&d.config.amqp.url), "starting");
-
+        let url = &self.base.amqp.url;
+        tracing::info!(summary = %self.base.summary(), broker = %amqp::redacted(url), "starting");
         let mut shutdown = std::pin::pin!(shutdown);
         let backoff = || {
             ExponentialBuilder::default()
@@ -150,30 +204,37 @@ impl Supervisor {
             let connected = tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break Ok(()),
-                c = broker::connect(&d.config.amqp.url, "callback-dispatcher") => c,
+                c = async {
+                    let consumer = amqp::connect(url, "callback-dispatcher").await?;
+                    let publisher = amqp::connect(url, "callback-dispatcher publisher").await?;
+                    Ok::<_, lapin::Error>((consumer, publisher))
+                } => c,
             };
             let failure = match connected {
                 Err(e) => format!("cannot connect: {e}"),
-                Ok(conn) => match self.session(&conn, &mut shutdown).await {
-                    Ok(End::Shutdown) => break Ok(()),
-                    // The connection is not closed here: lapin closes it once the last channel
-                    // handle is gone, so in-flight deliveries on a still-healthy channel (a
-                    // cancelled consumer) can settle first.
-                    Ok(End::Lost(why)) => {
-                        delays = backoff();
-                        why
+                Ok((consumer, publisher)) => {
+                    match self.session(&consumer, &publisher, &mut shutdown).await {
+                        Ok(End::Shutdown) => break Ok(()),
+                        // The consumer connection is not closed here: lapin closes it once the
+                        // last channel handle is gone, so in-flight deliveries on a still-healthy
+                        // channel (a cancelled consumer) can settle first.
+                        Ok(End::Lost(why)) => {
+                            delays = backoff();
+                            why
+                        }
+                        Err(SessionError::Topology(e)) if e.is_conflict() => {
+                            break Err(anyhow::Error::new(e));
+                        }
+                        Err(e) => {
+                            bounded("closing", consumer.close(200, "session failed".into())).await;
+                            bounded("closing", publisher.close(200, "session failed".into())).await;
+                            e.to_string()
+                        }
                     }
-                    Err(SessionError::Topology(e)) if e.is_conflict() => {
-                        break Err(anyhow::Error::new(e));
-                    }
-                    Err(e) => {
-                        let _ = conn.close(200, "session failed".into()).await;
-                        e.to_string()
-                    }
-                },
+                }
             };
             let wait = delays.next().unwrap_or(Duration::from_secs(30));
-            tracing::warn!(error = %failure, retry_in_ms = wait.as_millis() as u64, broker = %broker::redacted(&d.config.amqp.url), "broker unavailable; reconnecting");
+            tracing::warn!(error = %failure, retry_in_ms = wait.as_millis() as u64, broker = %amqp::redacted(url), "broker unavailable; reconnecting");
             tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break Ok(()),
@@ -182,41 +243,57 @@ impl Supervisor {
         }
     }
 
-    /// One connection's life: declare, consume, dispatch, until shutdown or loss.
+    /// One connection pair's life: declare, consume, dispatch, until shutdown or loss.
     async fn session<F: Future<Output = ()>>(
         &self,
         conn: &Connection,
+        publisher_conn: &Connection,
         shutdown: &mut Pin<&mut F>,
     ) -> Result<End, SessionError> {
         let d = &self.dispatcher;
-        let consumer_channel = conn.create_channel().await?;
-        d.topology.declare(&consumer_channel).await?;
-        let publisher = conn.create_channel().await?;
+        let channel = conn.create_channel().await?;
+        self.topology
+            .declare(&channel, &d.registry.load().delays_ms)
+            .await?;
+        let publisher = publisher_conn.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        consumer_channel
-            .basic_qos(d.config.amqp.prefetch, BasicQosOptions::default())
+        let prefetch = self.base.amqp.prefetch;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         let tag = format!("callback-dispatcher-{}", uuid::Uuid::new_v4().simple());
-        let mut consumer = consumer_channel
+        let mut consumer = channel
             .basic_consume(
-                d.topology.queue.as_str().into(),
+                self.topology.queue.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
+        let mut publisher_events = publisher_conn.events_listener();
         d.metrics.amqp_connected.set(1);
         self.health.set_consuming(true);
-        tracing::info!(queue = %d.topology.queue, prefetch = d.config.amqp.prefetch, concurrency = d.config.delivery.concurrency, "consuming");
+        tracing::info!(queue = %self.topology.queue, prefetch, concurrency = d.registry.load().delivery.concurrency, "consuming");
 
         let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(d.config.delivery.concurrency));
         let end = loop {
             let next = tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break End::Shutdown,
+                event = publisher_events.next() => {
+                    match event {
+                        Some(lapin::Event::Error(e)) => break End::Lost(format!("publisher connection: {e}")),
+                        Some(lapin::Event::ConnectionBlocked(why)) => {
+                            tracing::warn!(reason = %why, "the broker blocks publishing (memory or disk alarm): retries, deferrals and dead letters wait");
+                        }
+                        Some(lapin::Event::ConnectionUnblocked) => tracing::info!("the broker accepts publishing again"),
+                        Some(_) => {}
+                        None => break End::Lost("publisher connection closed".into()),
+                    }
+                    continue;
+                }
                 next = consumer.next() => next,
             };
             let delivery = match next {
@@ -224,46 +301,46 @@ impl Supervisor {
                 Some(Err(e)) => break End::Lost(format!("consumer: {e}")),
                 None => break End::Lost("consumer cancelled by the broker".into()),
             };
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.as_mut() => break End::Shutdown,
-                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            };
-            let (d, publisher) = (d.clone(), publisher.clone());
+            let (d, publisher, topology) = (d.clone(), publisher.clone(), self.topology.clone());
             let inflight = Inflight::new(&d.metrics);
             tracker.spawn(async move {
                 let settler = Settler {
                     publisher: &publisher,
-                    topology: &d.topology,
+                    topology: &topology,
                 };
                 d.handle(&settler, delivery).await;
-                drop((permit, inflight));
+                drop(inflight);
             });
         };
         self.health.set_consuming(false);
         d.metrics.amqp_connected.set(0);
         tracker.close();
         if let End::Shutdown = end {
-            self.drain(conn, &consumer_channel, &publisher, &tag, &tracker)
+            self.drain(conn, publisher_conn, &channel, &publisher, &tag, &tracker)
                 .await;
         }
         Ok(end)
     }
 
     /// Stop consuming, give in-flight deliveries up to `delivery.timeout` to settle, close.
-    /// Whatever has not settled by then returns to the queue when the channel closes.
+    /// Events waiting for their turn go back to the queue at once; whatever has not settled
+    /// by the limit (a blocked broker cannot confirm) returns when the channel closes.
     async fn drain(
         &self,
         conn: &Connection,
-        consumer: &Channel,
+        publisher_conn: &Connection,
+        channel: &Channel,
         publisher: &Channel,
         tag: &str,
         tracker: &TaskTracker,
     ) {
-        let limit = self.dispatcher.config.delivery.timeout;
-        let _ = consumer
-            .basic_cancel(tag.into(), BasicCancelOptions::default())
-            .await;
+        let limit = self.dispatcher.registry.load().delivery.timeout;
+        bounded(
+            "cancelling the consumer",
+            channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+        )
+        .await;
+        self.dispatcher.shutdown.cancel();
         tracing::info!(
             in_flight = tracker.len(),
             limit_ms = limit.as_millis() as u64,
@@ -275,8 +352,17 @@ impl Supervisor {
                 "shutdown limit reached; unsettled events return to the queue"
             );
         }
-        let _ = consumer.close(200, "shutdown".into()).await;
-        let _ = publisher.close(200, "shutdown".into()).await;
-        let _ = conn.close(200, "shutdown".into()).await;
+        bounded("closing the channel", channel.close(200, "shutdown".into())).await;
+        bounded("closing the connection", conn.close(200, "shutdown".into())).await;
+        bounded(
+            "closing the publisher",
+            publisher.close(200, "shutdown".into()),
+        )
+        .await;
+        bounded(
+            "closing the publisher connection",
+            publisher_conn.close(200, "shutdown".into()),
+        )
+        .await;
     }
 }

@@ -79,7 +79,7 @@ async fn token_command_shows_scheme_expiry_and_a_redacted_token() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "profiles:\n  - id: ib\n    url: http://127.0.0.1:9/\n    auth:\n      type: oauth2\n      url: \"{}\"\n      client_id: c\n      client_secret: \"tok-cmd-secret\"\n      token_field_path: $.data.token\n      token_type_field_path: $.data.tokenType\n      expiration_field_path: $.data.expiresIn\n",
+        "delivery: {{allow_networks: [127.0.0.0/8]}}\nprofiles:\n  - id: ib\n    url: http://127.0.0.1:9/\n    auth:\n      type: oauth2\n      url: \"{}\"\n      client_id: c\n      client_secret: \"tok-cmd-secret\"\n      token_field_path: $.data.token\n      token_type_field_path: $.data.tokenType\n      expiration_field_path: $.data.expiresIn\n",
         auth.url("/session")
     );
     let config = write(&dir, &yaml);
@@ -218,11 +218,16 @@ async fn metrics_expose_exactly_the_spec_families_and_health_endpoints() {
         families,
         vec![
             "callback_dispatcher_amqp_connected gauge",
+            "callback_dispatcher_circuit_open gauge",
+            "callback_dispatcher_config_reloads_total counter",
+            "callback_dispatcher_deferrals_total counter",
             "callback_dispatcher_deliveries_total counter",
             "callback_dispatcher_delivery_attempts_total counter",
             "callback_dispatcher_delivery_duration_seconds histogram",
             "callback_dispatcher_events_consumed_total counter",
             "callback_dispatcher_inflight_deliveries gauge",
+            // Beyond SPEC section 7: the shared token cache's failures (docs/metrics.md).
+            "callback_dispatcher_token_cache_errors_total counter",
             "callback_dispatcher_token_cache_hits_total counter",
             "callback_dispatcher_token_requests_total counter",
         ]

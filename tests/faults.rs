@@ -117,9 +117,10 @@ async fn sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing() {
         "  initial_delay: 100ms\n  max_delay: 1s\n",
         &profile(&receiver.url("/")),
     );
-    let yaml = yaml
-        .replace("prefetch: 64", "prefetch: 256")
-        .replace("concurrency: 64", "concurrency: 256");
+    let yaml = yaml.replace("prefetch: 64", "prefetch: 256").replace(
+        "concurrency: 64",
+        "concurrency: 256\n  per_profile_concurrency: 256",
+    );
     env.config(&yaml);
     publish_load(&env, n, "st").await;
     let mut worker = Process::spawn(&yaml, "info");
@@ -217,7 +218,7 @@ async fn forced_connection_closes_twice_the_worker_reconnects_and_delivers_every
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiver_down_then_back_events_wait_in_delay_queues_and_all_arrive() {
+async fn receiver_down_then_back_the_breaker_opens_and_every_event_arrives() {
     let _serial = SERIAL.lock().await;
     let down = Duration::from_secs(count_env("CD_RECEIVER_DOWN_SECS", 30) as u64);
     let n = 100;
@@ -225,12 +226,23 @@ async fn receiver_down_then_back_events_wait_in_delay_queues_and_all_arrive() {
     let env = Env::new("down");
     let retry = "  max_attempts: 30\n  initial_delay: 250ms\n  multiplier: 2\n  max_delay: 4s\n";
     let worker = env
-        .start(env.config(&env.yaml(retry, &profile(&format!("http://127.0.0.1:{port}/")))))
+        .start(env.config(&env.yaml(
+            retry,
+            &format!(
+                "{}    circuit_breaker: {{failures: 20, open_for: 5s}}\n",
+                profile(&format!("http://127.0.0.1:{port}/"))
+            ),
+        )))
         .await;
     publish_load(&env, n, "dn").await;
     tokio::time::sleep(down).await; // the outage itself: nothing to poll for
     let m = worker.metrics().await;
     let refused = m.attempts("load", "connect_error");
+    let deferred = m.value(
+        "callback_dispatcher_deferrals_total",
+        &[("profile", "load"), ("reason", "circuit_open")],
+    );
+    let open = m.value("callback_dispatcher_circuit_open", &[("profile", "load")]);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
@@ -240,13 +252,23 @@ async fn receiver_down_then_back_events_wait_in_delay_queues_and_all_arrive() {
     })
     .await;
     println!(
-        "receiver down {down:?}: {n} published, {refused} refused attempts during the outage, {n} delivered, 0 dead-lettered"
+        "receiver down {down:?}: {n} published, {refused} refused attempts and {deferred} deferrals while the breaker was open, {n} delivered, 0 dead-lettered"
+    );
+    assert_eq!(open, 1.0, "the breaker is open during the outage");
+    assert!(
+        (20.0..n as f64).contains(&refused),
+        "the breaker opened after 20 failures and spared the rest: {refused} refused attempts"
     );
     assert!(
-        refused >= n as f64,
-        "every event was tried during the outage"
+        deferred > 0.0,
+        "events waited in delay queues without spending attempts"
     );
     assert!(env.dead_letters().await.is_empty());
+    let m = worker.metrics().await;
+    assert_eq!(
+        m.value("callback_dispatcher_circuit_open", &[("profile", "load")]),
+        0.0
+    );
     worker.stop().await.unwrap();
 }
 

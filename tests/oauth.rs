@@ -130,8 +130,8 @@ async fn bandwidth_style_basic_header_with_special_characters() {
     )
     .unwrap();
     assert_eq!(
-        decoded, "bw+client:s%24+%40%2B%2F%3D",
-        "RFC 6749 2.3.1: form-encode, then base64"
+        decoded, "bw%20client:s%24%20%40%2B%2F%3D",
+        "RFC 6749 2.3.1: urlencode (a space as %20), then base64"
     );
     assert_eq!(
         &r.body[..],
@@ -307,7 +307,8 @@ async fn a_401_refreshes_the_token_once_and_resends_at_once_even_for_a_burst() {
             200,
             json!({"access_token": format!("t{}", n + 1), "expires_in": 3600}),
         )
-        .after(Duration::from_millis(100))
+        // Long enough for all 50 events to be waiting for the first token.
+        .after(Duration::from_millis(500))
     })
     .await;
     let receiver = Server::start(|_, r| {
@@ -326,7 +327,14 @@ async fn a_401_refreshes_the_token_once_and_resends_at_once_even_for_a_burst() {
         auth.url("/t")
     );
     let n = 50;
-    let config = env.config(&env.yaml(FAST_RETRY, &oauth_profile("u", &receiver.url("/"), &a)));
+    // All 50 at once: the profile may have them all in flight.
+    let yaml = env
+        .yaml(FAST_RETRY, &oauth_profile("u", &receiver.url("/"), &a))
+        .replace(
+            "concurrency: 64",
+            "concurrency: 64\n  per_profile_concurrency: 64",
+        );
+    let config = env.config(&yaml);
     env.publish_many(n, |i| {
         (event_props(Some("u"), &format!("u-{i}")), b"{}".to_vec())
     })

@@ -7,20 +7,34 @@ use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::assertion::{ASSERTION_TYPE, Assertion};
 use super::token::{self, ExtractError, ResponseShape};
 use crate::http;
 
 /// The largest auth response read; a token response is a few KiB at most.
 const MAX_AUTH_RESPONSE: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the worker proves who it is to the auth server (`client_auth`).
+#[derive(Debug)]
 pub enum ClientAuth {
-    /// Form fields (query string for GET).
-    RequestBody,
-    /// RFC 6749 2.3.1 Basic header, no credentials in the body.
-    BasicHeader,
-    /// A JSON object body.
-    JsonBody,
+    /// A client secret, placed as `Placement` says.
+    Secret {
+        secret: SecretString,
+        placement: Placement,
+    },
+    /// A signed client assertion instead of a secret (`private_key_jwt`).
+    PrivateKeyJwt(Assertion),
+}
+
+/// Where a client secret goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Form fields (`request_body`; the query string for GET).
+    Form,
+    /// RFC 6749 2.3.1 Basic header, no credentials in the body (`basic_header`).
+    Basic,
+    /// A JSON object body (`json_body`).
+    Json,
 }
 
 /// A validated `auth: {type: oauth2}` block.
@@ -29,13 +43,15 @@ pub struct OAuth2 {
     pub method: Method,
     pub url: reqwest::Url,
     pub client_id: String,
-    pub client_secret: SecretString,
     pub client_auth: ClientAuth,
     pub scope: Option<String>,
     pub params: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub shape: ResponseShape,
     pub refresh_before_expiry: std::time::Duration,
+    /// A digest of every setting of the block (secrets included): equal digests, same tokens.
+    /// It never leaves the process as it is (the shared cache keys it under a secret).
+    pub fingerprint: [u8; 32],
 }
 
 /// A token ready to be sent: the `Authorization` value is built once per token.
@@ -44,8 +60,11 @@ pub struct Token {
     pub value: SecretString,
     pub header: HeaderValue,
     pub expires_at: SystemTime,
-    /// When the cache stops handing it out.
+    /// When it stops being handed out.
     pub reuse_until: Instant,
+    /// The encrypted form it has in the shared cache, if it came from or went to one: a 401
+    /// deletes the shared copy only if it is still this one.
+    pub stored: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Token {
@@ -55,6 +74,28 @@ impl std::fmt::Debug for Token {
             .field("value", &"[REDACTED]")
             .field("expires_at", &self.expires_at)
             .finish()
+    }
+}
+
+impl Token {
+    /// A token with its `Authorization` value; `None` if the token cannot be a header value.
+    pub fn new(
+        scheme: String,
+        value: SecretString,
+        expires_at: SystemTime,
+        reuse_until: Instant,
+    ) -> Option<Token> {
+        let mut header =
+            HeaderValue::try_from(format!("{scheme} {}", value.expose_secret())).ok()?;
+        header.set_sensitive(true);
+        Some(Token {
+            scheme,
+            value,
+            header,
+            expires_at,
+            reuse_until,
+            stored: None,
+        })
     }
 }
 
@@ -68,11 +109,13 @@ impl std::fmt::Debug for ErrorBody {
 }
 
 /// An auth request that gave no token. `Display` is safe to log: it never holds the secret,
-/// the token or the request URL.
+/// the key, the token or the request URL.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("auth request {0}")]
     Transport(String),
+    #[error("auth url refused: {0}")]
+    Blocked(String),
     #[error("auth server answered {status}{}", token::describe_server_error(.error, .description))]
     Status {
         status: u16,
@@ -82,58 +125,89 @@ pub enum AuthError {
     },
     #[error("auth response unusable: {0}")]
     Response(#[from] ExtractError),
+    #[error("client assertion could not be signed: {0}")]
+    Assertion(String),
 }
 
 impl OAuth2 {
-    /// The request fields other than the credentials' placement.
-    fn fields(&self) -> Vec<(&str, &str)> {
-        let mut fields = vec![("grant_type", "client_credentials")];
+    /// The request's fields: the grant, scope and params, then the credentials unless they go
+    /// in a header.
+    fn fields(&self) -> Result<Vec<(&str, String)>, AuthError> {
+        let mut fields = vec![("grant_type", "client_credentials".to_owned())];
         if let Some(scope) = &self.scope {
-            fields.push(("scope", scope));
+            fields.push(("scope", scope.clone()));
         }
-        fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        if self.client_auth != ClientAuth::BasicHeader {
-            fields.push(("client_id", &self.client_id));
-            fields.push(("client_secret", self.client_secret.expose_secret()));
+        fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        match &self.client_auth {
+            ClientAuth::Secret {
+                placement: Placement::Basic,
+                ..
+            } => {}
+            ClientAuth::Secret { secret, .. } => {
+                fields.push(("client_id", self.client_id.clone()));
+                fields.push(("client_secret", secret.expose_secret().to_owned()));
+            }
+            ClientAuth::PrivateKeyJwt(assertion) => {
+                let jwt = assertion
+                    .sign(&self.client_id, self.url.as_str(), SystemTime::now())
+                    .map_err(|e| AuthError::Assertion(e.to_string()))?;
+                fields.push(("client_id", self.client_id.clone()));
+                fields.push(("client_assertion_type", ASSERTION_TYPE.to_owned()));
+                fields.push(("client_assertion", jwt));
+            }
         }
-        fields
+        Ok(fields)
     }
 
-    fn request(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+    fn request(&self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, AuthError> {
         let mut req = client
             .request(self.method.clone(), self.url.clone())
             .headers(self.headers.clone())
             .header(reqwest::header::ACCEPT, "application/json");
-        if self.client_auth == ClientAuth::BasicHeader {
+        if let ClientAuth::Secret {
+            secret,
+            placement: Placement::Basic,
+        } = &self.client_auth
+        {
             let mut value = HeaderValue::try_from(token::basic_credentials(
                 &self.client_id,
-                self.client_secret.expose_secret(),
+                secret.expose_secret(),
             ))
             .expect("base64 is a valid header value");
             value.set_sensitive(true);
             req = req.header(AUTHORIZATION, value);
         }
-        let fields = self.fields();
-        match (self.client_auth, &self.method) {
-            (ClientAuth::JsonBody, _) => {
+        let fields = self.fields()?;
+        let json = matches!(
+            self.client_auth,
+            ClientAuth::Secret {
+                placement: Placement::Json,
+                ..
+            }
+        );
+        Ok(match (json, &self.method) {
+            (true, _) => {
                 let obj: serde_json::Map<String, serde_json::Value> = fields
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
                     .collect();
                 req.json(&obj)
             }
-            (_, &Method::GET) => req.query(&fields),
-            _ => req.form(&fields),
-        }
+            (false, &Method::GET) => req.query(&fields),
+            (false, _) => req.form(&fields),
+        })
     }
 
     /// One request to the auth server, and the token read from its answer.
     pub async fn fetch(&self, client: &reqwest::Client) -> Result<Token, AuthError> {
         let response = self
-            .request(client)
+            .request(client)?
             .send()
             .await
-            .map_err(|e| AuthError::Transport(http::describe(e)))?;
+            .map_err(|e| match http::blocked(&e) {
+                Some(blocked) => AuthError::Blocked(blocked),
+                None => AuthError::Transport(http::describe(e)),
+            })?;
         let status = response.status();
         let body = http::read_capped(response, MAX_AUTH_RESPONSE)
             .await
@@ -151,21 +225,12 @@ impl OAuth2 {
         let now = SystemTime::now();
         let got = token::extract(&body, &self.shape, now)?;
         let lifetime = got.expires_at.duration_since(now).unwrap_or_default();
-        let mut header =
-            HeaderValue::try_from(format!("{} {}", got.scheme, got.token.expose_secret()))
-                .map_err(|_| {
-                    AuthError::Response(ExtractError::TokenNotString {
-                        path: self.shape.token.to_string(),
-                        found: "a string with characters not allowed in a header",
-                    })
-                })?;
-        header.set_sensitive(true);
-        Ok(Token {
-            scheme: got.scheme,
-            value: got.token,
-            header,
-            expires_at: got.expires_at,
-            reuse_until: Instant::now() + token::reuse_for(lifetime, self.refresh_before_expiry),
+        let reuse_until = Instant::now() + token::reuse_for(lifetime, self.refresh_before_expiry);
+        Token::new(got.scheme, got.token, got.expires_at, reuse_until).ok_or_else(|| {
+            AuthError::Response(ExtractError::TokenNotString {
+                path: self.shape.token.to_string(),
+                found: "a string with characters not allowed in a header",
+            })
         })
     }
 }
@@ -176,22 +241,20 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_the_token_and_the_error_body() {
-        let mut header = HeaderValue::from_static("Bearer tok-DEBUG-secret");
-        header.set_sensitive(true);
-        let token = Token {
-            scheme: "Bearer".into(),
-            value: SecretString::from("tok-DEBUG-secret"),
-            header,
-            expires_at: SystemTime::now(),
-            reuse_until: Instant::now(),
-        };
+        let token = Token::new(
+            "Bearer".into(),
+            SecretString::from("tok-DEBUG-secret"),
+            SystemTime::now(),
+            Instant::now(),
+        )
+        .unwrap();
         let err = AuthError::Status {
             status: 401,
             error: Some("invalid_client".into()),
             description: None,
             body: ErrorBody("{\"echo\":\"cs-DEBUG-secret\"}".into()),
         };
-        let shown = format!("{token:?} {err:?} {err}");
+        let shown = format!("{token:?} {err:?} {err} {:?}", token.header);
         assert!(!shown.contains("DEBUG-secret"), "{shown}");
         assert!(shown.contains("invalid_client"), "{shown}");
     }

@@ -373,9 +373,17 @@ impl Jwt {
     }
 }
 
-/// RFC 6749 2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`.
+/// RFC 6749 2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`. The encoding keeps
+/// `A-Z a-z 0-9 - . _ *` and percent-encodes every other byte, a space as `%20`: servers that
+/// percent-decode without form rules (Authlib, for one) read a `+` as a plus.
 pub fn basic_credentials(client_id: &str, client_secret: &str) -> String {
-    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    // form_urlencoded keeps exactly that set and writes a space as `+`; a literal `+` comes
+    // out as `%2B`, so every `+` left is a space.
+    let enc = |s: &str| {
+        form_urlencoded::byte_serialize(s.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20")
+    };
     format!(
         "Basic {}",
         STANDARD.encode(format!("{}:{}", enc(client_id), enc(client_secret)))

@@ -1,22 +1,36 @@
-//! Configuration: YAML (SPEC section 3) -> validated runtime types, once, at start.
+//! Configuration: YAML (SPEC section 3) -> validated runtime types, once, at start or reload.
 //!
 //! Loading is three steps: `${VAR}` interpolation over the text (`env`), serde into the raw
-//! structs (`raw`, `deny_unknown_fields`), and `validate`, which checks everything and
-//! collects every problem, with its key path and line/column, before giving up. Secrets are
-//! wrapped from the moment serde reads them and no error message quotes them.
+//! structs (`raw`, `deny_unknown_fields`), and one validation per section beside its type
+//! (`amqp`, `delivery`, `retry`, `telemetry`, `token_cache`, `profile` with its `auth` and
+//! `tls`), which check everything and collect every problem with its key path and
+//! line/column before giving up. Secrets are wrapped from the moment serde reads them and no
+//! error message quotes them.
 
+mod amqp;
+mod auth;
+mod delivery;
 mod env;
+mod issues;
+mod profile;
 mod raw;
-mod validate;
+mod retry;
+mod telemetry;
+mod tls;
+mod token_cache;
 
-use std::fmt;
-use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use secrecy::SecretString;
+pub use amqp::AmqpConfig;
+pub use delivery::{BreakerSettings, DeliveryConfig};
+pub use issues::{ConfigError, Issue};
+pub use profile::{Profile, Profiles, RateLimit};
+pub use telemetry::{LogConfig, LogFormat, MetricsConfig};
+pub use tls::Tls;
+pub use token_cache::TokenCacheConfig;
 
-use crate::profile::Profiles;
+use crate::guard::Guard;
 use crate::retry::RetryPolicy;
 
 /// The default location when neither `--config` nor `$CALLBACK_DISPATCHER_CONFIG` is given.
@@ -29,81 +43,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub token_cache: Option<TokenCacheConfig>,
     pub profiles: Profiles,
-}
-
-#[derive(Debug)]
-pub struct AmqpConfig {
-    /// Holds the broker password: a secret.
-    pub url: SecretString,
-    pub queue: String,
-    pub exchange: String,
-    pub prefetch: u16,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    pub concurrency: usize,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_body_bytes: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct MetricsConfig {
-    pub listen: SocketAddr,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub format: LogFormat,
-}
-
-/// One problem in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    /// `profiles[2].auth.token_field_path`; empty for the file as a whole.
-    pub path: String,
-    /// 1-based line and column, where the YAML gives one.
-    pub location: Option<(u64, u64)>,
-    pub message: String,
-}
-
-/// Every problem found, for one file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub issues: Vec<Issue>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.issues.len();
-        write!(
-            f,
-            "{}: {n} configuration error{}",
-            self.file.display(),
-            if n == 1 { "" } else { "s" }
-        )?;
-        for issue in &self.issues {
-            write!(f, "\n  {}", self.file.display())?;
-            if let Some((line, col)) = issue.location {
-                write!(f, ":{line}:{col}")?;
-            }
-            if issue.path.is_empty() {
-                write!(f, ": {}", issue.message)?;
-            } else {
-                write!(f, ": {}: {}", issue.path, issue.message)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Config {
@@ -148,8 +89,8 @@ impl Config {
                 .collect())
         })?;
         let raw: raw::RawConfig =
-            serde_saphyr::from_str(&text).map_err(|e| fail(vec![validate::parse_issue(&e)]))?;
-        validate::validate(raw).map_err(fail)
+            serde_saphyr::from_str(&text).map_err(|e| fail(vec![issues::parse_issue(&e)]))?;
+        validate(raw).map_err(fail)
     }
 
     /// A one-line summary for `check-config` and the start-up log.
@@ -157,18 +98,91 @@ impl Config {
         let oauth = self
             .profiles
             .iter()
-            .filter(|p| matches!(p.auth, crate::auth::Auth::OAuth2(_)))
+            .filter(|p| p.auth.oauth2().is_some())
             .count();
         format!(
-            "ok: {} profile(s) ({} with oauth2), queue {}, exchange {}, {} delay queue(s), max {} attempt(s), metrics on {}",
+            "ok: {} profile(s) ({} with oauth2), queue {}, exchange {}, {} delay queue(s), max {} attempt(s), metrics on {}{}",
             self.profiles.len(),
             oauth,
             self.amqp.queue,
             self.amqp.exchange,
             self.retry.delay_queue_ms().len(),
             self.retry.max_attempts,
-            self.metrics.listen
+            self.metrics.listen,
+            if self.token_cache.is_some() {
+                ", shared token cache on"
+            } else {
+                ""
+            }
         )
+    }
+
+    /// Valid but probably wrong: callback or auth URLs whose literal host the network guard
+    /// will refuse (SPEC section 10).
+    pub fn warnings(&self) -> Vec<String> {
+        let guard = Guard::new(self.delivery.allow_networks.clone());
+        let mut out = Vec::new();
+        for (i, p) in self.profiles.iter().enumerate() {
+            let urls = [
+                ("url", Some(&p.url)),
+                ("auth.url", p.auth.oauth2().map(|o| &o.url)),
+            ];
+            for (key, url) in urls {
+                if let Some(Err(blocked)) = url.map(|u| guard.check_literal(u)) {
+                    out.push(format!(
+                        "profiles[{i}].{key}: {blocked}; every callback to it will be refused"
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
+    let mut issues = issues::Issues::default();
+    let amqp = amqp::validate(&mut issues, &raw.amqp);
+    let delivery = delivery::validate(&mut issues, &raw.delivery);
+    let retry = retry::validate(&mut issues, &raw.retry);
+    let metrics = telemetry::metrics(&mut issues, &raw.metrics);
+    let log = telemetry::log(&mut issues, &raw.log);
+    let token_cache = token_cache::validate(&mut issues, raw.token_cache.as_ref());
+    let profiles = match &raw.profiles {
+        None => {
+            issues.add(
+                "profiles",
+                None,
+                "is required: list at least one callback profile",
+            );
+            Vec::new()
+        }
+        Some(list) => {
+            if list.is_empty() {
+                issues.add(
+                    "profiles",
+                    None,
+                    "is empty: list at least one callback profile",
+                );
+            }
+            let mut seen = HashSet::new();
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, p)| profile::validate(&mut issues, &mut seen, i, p, &delivery))
+                .collect()
+        }
+    };
+    if issues.0.is_empty() {
+        Ok(Config {
+            amqp,
+            delivery,
+            retry,
+            metrics,
+            log,
+            token_cache,
+            profiles: Profiles::new(profiles),
+        })
+    } else {
+        Err(issues.0)
     }
 }
 

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
@@ -176,13 +177,56 @@ fn secrets_never_appear_in_errors_or_debug() {
 fn auth_keys_must_fit_the_type() {
     let err = parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: bearer, token: t, client_id: c}\n").unwrap_err();
     assert_eq!(err.issues[0].path, "profiles[0].auth.client_id");
-    assert!(
-        err.issues[0]
-            .message
-            .contains("does not apply to auth type bearer")
+    assert_eq!(
+        err.issues[0].message,
+        "is not a key of auth type bearer (its keys: token)"
     );
     let err =
         parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: basic, username: u}\n")
             .unwrap_err();
     assert_eq!(err.issues[0].path, "profiles[0].auth.password");
+
+    // A missing key, a stray key and a key of the other client_auth, all at once.
+    let err = parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: oauth2, url: http://h/t, client_secret: s, private_key: k, scopes: x}\n").unwrap_err();
+    let got: Vec<_> = err
+        .issues
+        .iter()
+        .map(|i| (i.path.as_str(), i.message.as_str()))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.contains(&(
+            "profiles[0].auth.client_id",
+            "is required for auth type oauth2"
+        )),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(
+            "profiles[0].auth.private_key",
+            "applies only with client_auth: private_key_jwt"
+        )),
+        "{got:?}"
+    );
+    assert!(got.iter().any(|(p, m)| *p == "profiles[0].auth.scopes" && m.starts_with("is not a key of auth type oauth2 (its keys: grant_type, method, url, client_id, client_auth, client_secret, private_key")), "{got:?}");
+
+    let err = parse("profiles:\n  - id: a\n    url: http://h/\n    auth: {type: oauth2, url: http://h/t, client_id: c, client_auth: private_key_jwt, client_secret: s}\n").unwrap_err();
+    let got: Vec<_> = err
+        .issues
+        .iter()
+        .map(|i| (i.path.as_str(), i.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "profiles[0].auth.client_secret",
+                "does not apply with client_auth: private_key_jwt (the signed assertion replaces the secret)"
+            ),
+            (
+                "profiles[0].auth.private_key",
+                "is required for auth type oauth2"
+            ),
+        ]
+    );
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
+use callback_dispatcher::amqp::Topology;
 use callback_dispatcher::config::Config;
-use callback_dispatcher::topology::Topology;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeleteOptions, QueueDeleteOptions,
@@ -301,7 +301,8 @@ impl Metrics {
 /// One test's queues: unique names, deleted when dropped.
 pub struct Env {
     pub queue: String,
-    pub topology: Mutex<Option<Topology>>,
+    /// The names, and every delay (ms) any of the test's configurations declares.
+    pub topology: Mutex<Option<(Topology, Vec<u64>)>>,
 }
 
 impl Env {
@@ -316,7 +317,7 @@ impl Env {
     /// A full config: `retry` and `extra` sections as YAML, then the profiles.
     pub fn yaml(&self, retry: &str, profiles: &str) -> String {
         format!(
-            "amqp:\n  url: \"{}\"\n  queue: {q}\n  exchange: {q}\n  prefetch: 64\ndelivery:\n  concurrency: 64\n  timeout: 5s\n  connect_timeout: 1s\nretry:\n{retry}\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  format: text\nprofiles:\n{profiles}",
+            "amqp:\n  url: \"{}\"\n  queue: {q}\n  exchange: {q}\n  prefetch: 64\ndelivery:\n  concurrency: 64\n  timeout: 5s\n  connect_timeout: 1s\n  allow_networks: [127.0.0.0/8, \"::1/128\"]\nretry:\n{retry}\nmetrics:\n  listen: 127.0.0.1:0\nlog:\n  format: text\nprofiles:\n{profiles}",
             amqp_url(),
             q = self.queue
         )
@@ -325,7 +326,12 @@ impl Env {
     pub fn config(&self, yaml: &str) -> Config {
         let config = Config::from_yaml(yaml, Path::new("test.yaml"), |_| None)
             .unwrap_or_else(|e| panic!("{e}"));
-        *self.topology.lock().unwrap() = Some(Topology::new(&config));
+        let mut t = self.topology.lock().unwrap();
+        let mut delays = t.take().map(|(_, d)| d).unwrap_or_default();
+        delays.extend(config.retry.delay_queue_ms());
+        delays.sort_unstable();
+        delays.dedup();
+        *t = Some((Topology::new(&config.amqp), delays));
         config
     }
 
@@ -364,8 +370,8 @@ impl Env {
         let conn = self.connect().await;
         let ch = conn.create_channel().await.unwrap();
         let topology = self.topology.lock().unwrap().clone();
-        if let Some(t) = topology {
-            t.declare(&ch).await.unwrap(); // as a publisher would; idempotent
+        if let Some((t, delays)) = topology {
+            t.declare(&ch, &delays).await.unwrap(); // as a publisher would; idempotent
         }
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
@@ -438,7 +444,7 @@ impl Env {
     }
 
     fn cleanup_blocking(&self) {
-        let Some(topology) = self.topology.lock().unwrap().take() else {
+        let Some((topology, delays)) = self.topology.lock().unwrap().take() else {
             return;
         };
         std::thread::spawn(move || {
@@ -453,7 +459,7 @@ impl Env {
                     return;
                 };
                 let ch = conn.create_channel().await.unwrap();
-                for q in topology.queues() {
+                for q in topology.queues(&delays) {
                     let _ = ch
                         .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                         .await;

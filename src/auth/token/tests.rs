@@ -107,15 +107,20 @@ fn jwt_table() {
 }
 
 #[test]
-fn basic_encoding_form_encodes_each_part_first() {
-    // RFC 6749 2.3.1: urlencode, then base64.
-    let got = basic_credentials("client id", "s$ @+/=");
-    let want = format!("Basic {}", STANDARD.encode("client+id:s%24+%40%2B%2F%3D"));
-    assert_eq!(got, want);
-    assert_eq!(
-        basic_credentials("abc", "def"),
-        format!("Basic {}", STANDARD.encode("abc:def"))
-    );
+fn basic_encoding_urlencodes_each_part_first_with_a_space_as_percent_20() {
+    // RFC 6749 2.3.1: urlencode, then base64. A space is %20, never `+` (SPEC section 4).
+    for (id, secret, encoded) in [
+        ("client id", "s$ @+/=", "client%20id:s%24%20%40%2B%2F%3D"),
+        ("abc", "def", "abc:def"),
+        ("a-b.c_d*", "~x", "a-b.c_d*:%7Ex"),
+        ("ü", ":", "%C3%BC:%3A"),
+    ] {
+        assert_eq!(
+            basic_credentials(id, secret),
+            format!("Basic {}", STANDARD.encode(encoded)),
+            "{id:?} {secret:?}"
+        );
+    }
 }
 
 #[test]

@@ -4,19 +4,19 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ErrorKind, ExchangeKind};
 
-use crate::config::Config;
+use super::headers::text;
+use crate::config::AmqpConfig;
 
-/// Names and TTLs, derived from the config alone.
+/// The names, derived from the `amqp` section alone. The delay queues' TTLs come from the
+/// `retry` section, which a reload may change, so they are passed in where needed.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub exchange: String,
     pub queue: String,
     pub dead_queue: String,
-    /// Every delay queue's TTL in milliseconds, ascending.
-    pub delays_ms: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,17 +54,28 @@ fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
+fn wrap(what: &'static str, name: &str) -> impl FnOnce(lapin::Error) -> TopologyError {
+    let name = name.to_owned();
+    move |source: lapin::Error| match source.kind() {
+        ErrorKind::ProtocolError(e)
+            if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
+        {
+            TopologyError::Conflict {
+                what,
+                name,
+                detail: e.get_message().to_string(),
+            }
+        }
+        _ => TopologyError::Broker { what, name, source },
+    }
 }
 
 impl Topology {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(amqp: &AmqpConfig) -> Self {
         Self {
-            exchange: config.amqp.exchange.clone(),
-            queue: config.amqp.queue.clone(),
-            dead_queue: format!("{}.dead", config.amqp.queue),
-            delays_ms: config.retry.delay_queue_ms(),
+            exchange: amqp.exchange.clone(),
+            queue: amqp.queue.clone(),
+            dead_queue: format!("{}.dead", amqp.queue),
         }
     }
 
@@ -72,32 +83,19 @@ impl Topology {
         format!("{}.delay.{ms}", self.queue)
     }
 
-    /// Every queue this topology owns, for clean-up and operator listings.
-    pub fn queues(&self) -> Vec<String> {
+    /// Every queue this topology owns with these delays, for clean-up and listings.
+    pub fn queues(&self, delays_ms: &[u64]) -> Vec<String> {
         let mut all = vec![self.queue.clone(), self.dead_queue.clone()];
-        all.extend(self.delays_ms.iter().map(|&ms| self.delay_queue(ms)));
+        all.extend(delays_ms.iter().map(|&ms| self.delay_queue(ms)));
         all
     }
 
-    pub async fn declare(&self, channel: &Channel) -> Result<(), TopologyError> {
+    /// The exchange, the work queue and its binding, the dead-letter queue and the delay
+    /// queues for `delays_ms`.
+    pub async fn declare(&self, channel: &Channel, delays_ms: &[u64]) -> Result<(), TopologyError> {
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
-        };
-        let wrap = |what: &'static str, name: &str| {
-            let name = name.to_owned();
-            move |source: lapin::Error| match source.kind() {
-                ErrorKind::ProtocolError(e)
-                    if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
-                {
-                    TopologyError::Conflict {
-                        what,
-                        name,
-                        detail: e.get_message().to_string(),
-                    }
-                }
-                _ => TopologyError::Broker { what, name, source },
-            }
         };
         channel
             .exchange_declare(
@@ -139,7 +137,20 @@ impl Topology {
             )
             .await
             .map_err(wrap("queue", &self.dead_queue))?;
-        for &ms in &self.delays_ms {
+        self.declare_delays(channel, delays_ms).await
+    }
+
+    /// The delay queues alone: at start, and before a reload that adds delays takes effect.
+    pub async fn declare_delays(
+        &self,
+        channel: &Channel,
+        delays_ms: &[u64],
+    ) -> Result<(), TopologyError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        for &ms in delays_ms {
             let name = self.delay_queue(ms);
             let arguments = args(&[
                 ("x-message-ttl", AMQPValue::LongLongInt(ms as i64)),

@@ -9,10 +9,8 @@ use lapin::BasicProperties;
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
-use crate::broker;
+use crate::amqp::{self, Topology, headers};
 use crate::config::Config;
-use crate::event::HEADER_PROFILE;
-use crate::topology::Topology;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -32,12 +30,14 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
             req.profile
         );
     }
-    let conn = broker::connect(&config.amqp.url, "callback-dispatcher publish")
+    let conn = amqp::connect(&config.amqp.url, "callback-dispatcher publish")
         .await
-        .with_context(|| format!("connecting to {}", broker::redacted(&config.amqp.url)))?;
+        .with_context(|| format!("connecting to {}", amqp::redacted(&config.amqp.url)))?;
     let channel = conn.create_channel().await?;
-    let topology = Topology::new(config);
-    topology.declare(&channel).await?;
+    let topology = Topology::new(&config.amqp);
+    topology
+        .declare(&channel, &config.retry.delay_queue_ms())
+        .await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -48,7 +48,7 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut headers = FieldTable::default();
     headers.insert(
-        HEADER_PROFILE.into(),
+        headers::PROFILE.into(),
         AMQPValue::LongString(LongString::from(req.profile.as_str())),
     );
     let mut ids = Vec::with_capacity(req.count as usize);
@@ -65,7 +65,7 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
             .with_timestamp(now)
             .with_headers(headers.clone());
         pending.push(
-            broker::publish_mandatory(
+            amqp::publish_mandatory(
                 &channel,
                 &topology.exchange,
                 &topology.queue,
@@ -77,7 +77,7 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
         ids.push(id);
     }
     for confirm in pending {
-        broker::confirmed(confirm, &topology.queue).await?;
+        amqp::confirmed(confirm, &topology.queue).await?;
     }
     let _ = channel.close(200, "done".into()).await;
     let _ = conn.close(200, "done".into()).await;

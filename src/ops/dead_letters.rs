@@ -17,13 +17,12 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 
-use crate::broker;
-use crate::config::Config;
-use crate::event::{self, HEADER_ATTEMPT, HEADER_FIRST_ATTEMPT};
-use crate::settle::{
-    self, HEADER_DEAD_AT, HEADER_DEAD_REASON, HEADER_LAST_ERROR, HEADER_LAST_STATUS,
+use super::round_secs;
+use crate::amqp::headers::{
+    self, ATTEMPT, DEAD_AT, DEAD_REASON, LAST_ERROR, LAST_STATUS, RETRY_STATE,
 };
-use crate::topology::Topology;
+use crate::amqp::{self, Topology};
+use crate::config::Config;
 
 /// One dead-lettered event, as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,17 +59,17 @@ fn int_of(v: Option<&AMQPValue>) -> Option<i64> {
 
 fn describe(props: &BasicProperties, body_bytes: usize) -> DeadLetter {
     let h = props.headers().as_ref();
-    let dead_at = int_of(event::header(h, HEADER_DEAD_AT)).and_then(|ms| u64::try_from(ms).ok());
+    let dead_at = int_of(headers::get(h, DEAD_AT)).and_then(|ms| u64::try_from(ms).ok());
     DeadLetter {
         id: props
             .message_id()
             .as_ref()
             .map_or("-".into(), |s| s.to_string()),
-        profile: event::profile_of(h).unwrap_or_else(|_| "-".into()),
-        reason: text_of(event::header(h, HEADER_DEAD_REASON)),
-        last_status: int_of(event::header(h, HEADER_LAST_STATUS)),
-        last_error: text_of(event::header(h, HEADER_LAST_ERROR)),
-        attempts: event::attempts(h),
+        profile: headers::profile(h).unwrap_or_else(|_| "-".into()),
+        reason: text_of(headers::get(h, DEAD_REASON)),
+        last_status: int_of(headers::get(h, LAST_STATUS)),
+        last_error: text_of(headers::get(h, LAST_ERROR)),
+        attempts: headers::count(h, ATTEMPT),
         age: dead_at.and_then(|ms| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH + Duration::from_millis(ms))
@@ -81,11 +80,11 @@ fn describe(props: &BasicProperties, body_bytes: usize) -> DeadLetter {
 }
 
 async fn open(config: &Config) -> anyhow::Result<(Connection, Channel, Topology, u32)> {
-    let conn = broker::connect(&config.amqp.url, "callback-dispatcher dead-letters")
+    let conn = amqp::connect(&config.amqp.url, "callback-dispatcher dead-letters")
         .await
-        .with_context(|| format!("connecting to {}", broker::redacted(&config.amqp.url)))?;
+        .with_context(|| format!("connecting to {}", amqp::redacted(&config.amqp.url)))?;
     let channel = conn.create_channel().await?;
-    let topology = Topology::new(config);
+    let topology = Topology::new(&config.amqp);
     let queue = channel
         .queue_declare(
             topology.dead_queue.as_str().into(),
@@ -179,23 +178,15 @@ pub async fn replay(
             break;
         };
         let d = msg.delivery;
-        let headers = d.properties.headers().as_ref();
-        if profile.is_some_and(|p| event::profile_of(headers).ok().as_deref() != Some(p)) {
+        let h = d.properties.headers().as_ref();
+        if profile.is_some_and(|p| headers::profile(h).ok().as_deref() != Some(p)) {
             kept = Some(d.delivery_tag);
             done.skipped += 1;
             continue;
         }
-        const RETRY_STATE: [&str; 6] = [
-            HEADER_ATTEMPT,
-            HEADER_FIRST_ATTEMPT,
-            HEADER_DEAD_REASON,
-            HEADER_LAST_STATUS,
-            HEADER_LAST_ERROR,
-            HEADER_DEAD_AT,
-        ];
-        let fresh = settle::copy_headers(&d.properties, &RETRY_STATE);
+        let fresh = headers::copy(&d.properties, &RETRY_STATE);
         let props = d.properties.clone().with_headers(fresh);
-        broker::publish_confirmed(
+        amqp::publish_confirmed(
             &publisher,
             &topology.exchange,
             &topology.queue,
@@ -214,4 +205,38 @@ pub async fn replay(
     }
     finish(conn, channel, kept).await?;
     Ok(done)
+}
+
+/// `dead-letters list` as a table.
+pub fn dead_letter_table(rows: &[DeadLetter], total: u32) -> String {
+    let mut out = format!(
+        "{} dead-lettered event(s) in the queue, showing {}\n{:<36} {:<16} {:<18} {:>6} {:>8} {:>10}  {}\n",
+        total,
+        rows.len(),
+        "ID",
+        "PROFILE",
+        "REASON",
+        "STATUS",
+        "ATTEMPTS",
+        "AGE",
+        "LAST ERROR"
+    );
+    for r in rows {
+        let status = r.last_status.map_or("-".into(), |s| s.to_string());
+        let age = r.age.map_or("-".into(), |a| {
+            humantime::format_duration(round_secs(a)).to_string()
+        });
+        let error: String = r.last_error.chars().take(120).collect();
+        out.push_str(&format!(
+            "{:<36} {:<16} {:<18} {:>6} {:>8} {:>10}  {}\n",
+            r.id,
+            r.profile,
+            r.reason,
+            status,
+            r.attempts,
+            age,
+            error.replace('\n', " ")
+        ));
+    }
+    out
 }

@@ -1,0 +1,200 @@
+//! A profile's circuit breaker (SPEC section 9): a pure state machine, driven by the clock
+//! it is given, table-tested.
+//!
+//! Design decisions:
+//! - Only the endpoint's own failures count: timeouts, connection errors, 5xx and 429. Any
+//!   other answer (2xx, 3xx, 4xx) means the endpoint is up. An attempt that never reached it
+//!   (an auth failure, a refused address) says nothing either way.
+//! - While open, nothing is attempted. After `open_for`, exactly one event is let through as
+//!   a probe; its result alone closes or re-opens the breaker. A probe that ends without a
+//!   verdict hands the probe to the next event.
+//! - Results of attempts that started before the breaker opened are ignored once it is open:
+//!   only the probe decides.
+
+use std::time::{Duration, Instant};
+
+use crate::config::BreakerSettings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    Probing,
+}
+
+/// What an attempt's result says about the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down,
+    /// The attempt never reached the endpoint.
+    Unknown,
+}
+
+/// May an event be attempted now?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Go,
+    /// Yes, as the one probe.
+    Probe,
+    /// No: open for this much longer.
+    Open(Duration),
+    /// No: a probe is out.
+    Probing,
+}
+
+/// A change worth a log line and the gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    None,
+    Opened,
+    Reopened,
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    state: State,
+}
+
+impl Breaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            settings,
+            state: State::Closed { failures: 0 },
+        }
+    }
+
+    pub fn settings(&self) -> BreakerSettings {
+        self.settings
+    }
+
+    /// Open or probing: the `circuit_open` gauge's value.
+    pub fn is_open(&self) -> bool {
+        !matches!(self.state, State::Closed { .. })
+    }
+
+    pub fn admit(&mut self, now: Instant) -> Admit {
+        match self.state {
+            State::Closed { .. } => Admit::Go,
+            State::Open { until } if now >= until => {
+                self.state = State::Probing;
+                Admit::Probe
+            }
+            State::Open { until } => Admit::Open(until - now),
+            State::Probing => Admit::Probing,
+        }
+    }
+
+    /// Record an attempt's result; `probe` says whether it was the probe.
+    pub fn record(&mut self, probe: bool, health: Health, now: Instant) -> Change {
+        if self.settings.failures == 0 {
+            return Change::None;
+        }
+        let open = State::Open {
+            until: now + self.settings.open_for,
+        };
+        match (self.state, health, probe) {
+            (State::Closed { failures }, Health::Down, _) => {
+                let failures = failures.saturating_add(1);
+                if failures >= self.settings.failures {
+                    self.state = open;
+                    Change::Opened
+                } else {
+                    self.state = State::Closed { failures };
+                    Change::None
+                }
+            }
+            (State::Closed { .. }, Health::Up, _) => {
+                self.state = State::Closed { failures: 0 };
+                Change::None
+            }
+            (State::Probing, Health::Up, true) => {
+                self.state = State::Closed { failures: 0 };
+                Change::Closed
+            }
+            (State::Probing, Health::Down, true) => {
+                self.state = open;
+                Change::Reopened
+            }
+            (State::Probing, Health::Unknown, true) => {
+                self.state = State::Open { until: now };
+                Change::None
+            }
+            _ => Change::None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_machine_table() {
+        use Admit::*;
+        use Health::*;
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let settings = BreakerSettings {
+            failures: 3,
+            open_for: s(30),
+        };
+        // Steps: (at, what, expected). `what` is an admit or a record (probe, health).
+        enum Step {
+            A(Admit),
+            R(bool, Health, Change),
+            Gauge(bool),
+        }
+        use Step::*;
+        let steps = [
+            (0, A(Go)),
+            (0, R(false, Down, Change::None)),
+            (0, R(false, Down, Change::None)),
+            (0, R(false, Up, Change::None)), // a success resets the count
+            (0, R(false, Down, Change::None)),
+            (0, R(false, Unknown, Change::None)), // an auth failure says nothing
+            (0, R(false, Down, Change::None)),
+            (1, R(false, Down, Change::Opened)), // third in a row
+            (1, Gauge(true)),
+            (2, A(Open(s(29)))),
+            (5, R(false, Up, Change::None)), // a late success does not close it
+            (30, A(Open(s(1)))),
+            (31, A(Probe)),
+            (31, A(Probing)), // one probe at a time
+            (32, R(true, Down, Change::Reopened)),
+            (33, A(Open(s(29)))),
+            (62, A(Probe)),
+            (62, R(true, Unknown, Change::None)), // no verdict: the next event probes
+            (62, A(Probe)),
+            (63, R(true, Up, Change::Closed)),
+            (63, Gauge(false)),
+            (63, A(Go)),
+        ];
+        let mut b = Breaker::new(settings);
+        for (i, (at, step)) in steps.into_iter().enumerate() {
+            let now = t0 + s(at);
+            match step {
+                A(want) => assert_eq!(b.admit(now), want, "step {i}"),
+                R(probe, health, want) => {
+                    assert_eq!(b.record(probe, health, now), want, "step {i}")
+                }
+                Gauge(open) => assert_eq!(b.is_open(), open, "step {i}"),
+            }
+        }
+    }
+
+    #[test]
+    fn zero_failures_turns_it_off() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerSettings {
+            failures: 0,
+            open_for: Duration::from_secs(30),
+        });
+        for _ in 0..100 {
+            assert_eq!(b.record(false, Health::Down, t0), Change::None);
+        }
+        assert_eq!(b.admit(t0), Admit::Go);
+    }
+}

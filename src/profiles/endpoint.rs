@@ -1,0 +1,106 @@
+//! One profile's runtime: its validated settings with everything that acts on them — the
+//! gate (concurrency, rate limit, breaker), the token slot, the HTTP client for its TLS
+//! setting, and its metric series.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::shared::SharedTokens;
+use crate::auth::slot::Source;
+use crate::auth::{Auth, AuthError, Credential, Token, TokenSlot};
+use crate::config::Profile;
+use crate::metrics::ProfileMetrics;
+use crate::profiles::breaker::Change;
+use crate::profiles::gate::Gate;
+
+pub struct Endpoint {
+    pub profile: Arc<Profile>,
+    pub client: reqwest::Client,
+    pub gate: Gate,
+    pub tokens: Arc<TokenSlot>,
+    pub metrics: Arc<ProfileMetrics>,
+    /// The profile's timeout, else `delivery.timeout`.
+    pub timeout: Duration,
+    /// The network guard's refusal of a literal callback host.
+    pub callback_blocked: Option<String>,
+    /// The network guard's refusal of a literal auth host.
+    pub auth_blocked: Option<String>,
+    pub shared: Option<Arc<SharedTokens>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("profile", &self.profile.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    fn source(&self) -> Option<Source<'_>> {
+        let oauth = self.profile.auth.oauth2()?;
+        Some(Source {
+            profile: &self.profile.id,
+            oauth,
+            client: &self.client,
+            metrics: &self.metrics,
+            shared: self.shared.as_deref(),
+            timeout: self.timeout,
+            blocked: self.auth_blocked.as_deref(),
+        })
+    }
+
+    /// The credential for one attempt; `None` for profiles without auth.
+    pub async fn credential(&self) -> Result<Option<Credential>, Arc<AuthError>> {
+        match &self.profile.auth {
+            Auth::None => Ok(None),
+            Auth::Static { header, value } => Ok(Some(Credential {
+                header: header.clone(),
+                value: value.clone(),
+                token: None,
+            })),
+            Auth::OAuth2(_) => {
+                let src = self.source().expect("an oauth2 profile");
+                let token = self.tokens.get(&src).await?;
+                Ok(Some(Credential {
+                    header: reqwest::header::AUTHORIZATION,
+                    value: token.header.clone(),
+                    token: Some(token),
+                }))
+            }
+        }
+    }
+
+    /// The callback URL answered 401 to `used`.
+    pub async fn reject(&self, used: &Arc<Token>) {
+        if let Some(src) = self.source() {
+            self.tokens.reject(used, &src).await;
+        }
+    }
+
+    /// Log a breaker change (warn when it opens, info when it closes) and set the gauge.
+    pub fn breaker_changed(&self, change: Change, open: bool, last_error: &str) {
+        let profile = &*self.profile.id;
+        match change {
+            Change::None => return,
+            Change::Opened => {
+                tracing::warn!(
+                    profile,
+                    last_error,
+                    "circuit breaker opened: no attempts to this profile until a probe succeeds"
+                )
+            }
+            Change::Reopened => {
+                tracing::warn!(
+                    profile,
+                    last_error,
+                    "circuit breaker probe failed; open again"
+                )
+            }
+            Change::Closed => {
+                tracing::info!(profile, "circuit breaker closed: the probe succeeded")
+            }
+        }
+        self.metrics.set_circuit_open(open);
+    }
+}

@@ -1,0 +1,478 @@
+//! Endpoint protection (SPEC section 9): whether one of a profile's events may be attempted
+//! now, may wait for a moment in memory, or must be deferred.
+//!
+//! Design decisions:
+//! - The checks run in the order that costs the least when they fail: breaker, concurrency,
+//!   then the rate limit (taking a rate token only for an attempt that will happen).
+//! - An event waits in memory only while its profile holds no more than its fair share of the
+//!   prefetch window (`prefetch / profiles with events in hand`) and only when the expected
+//!   wait is under a second; it never waits longer than that second. Otherwise it is deferred
+//!   with the expected wait (at least 1 s), which picks its delay queue.
+//! - The expected wait for a concurrency slot is the profile's typical attempt time times its
+//!   place in line. The typical time is the larger of a moving average of finished attempts
+//!   and how long the profile has gone without finishing any while attempts were out: a
+//!   newly hanging endpoint is recognised within a fraction of a second, before any of its
+//!   attempts has timed out.
+//! - Each component (semaphore, bucket, breaker, statistics) sits behind its own `Arc`, so a
+//!   reload keeps whichever ones' settings did not change.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::{Admit, Breaker, Change, Health};
+use crate::config::{BreakerSettings, RateLimit};
+use crate::metrics::DeferReason;
+
+/// The longest an event waits in memory before it is deferred.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
+type Bucket = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::QuantaClock,
+>;
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn micros(at: Instant) -> u64 {
+    at.saturating_duration_since(*EPOCH).as_micros() as u64
+}
+
+/// The prefetch window, shared by all profiles.
+#[derive(Debug)]
+pub struct Window {
+    pub prefetch: usize,
+    /// Profiles with at least one event in hand.
+    active: AtomicUsize,
+}
+
+impl Window {
+    pub fn new(prefetch: usize) -> Self {
+        Self {
+            prefetch,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    /// One profile's fair share of the window, at least 1.
+    pub fn share(&self) -> usize {
+        (self.prefetch / self.active.load(Ordering::Relaxed).max(1)).max(1)
+    }
+}
+
+/// How a profile's attempts are going.
+#[derive(Debug, Default)]
+pub struct Stats {
+    in_hand: AtomicUsize,
+    waiting: AtomicUsize,
+    rate_waiting: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Moving average of attempt durations, microseconds.
+    average_us: AtomicU64,
+    /// When an attempt last finished, or the first one started after none were out.
+    progress_at_us: AtomicU64,
+}
+
+impl Stats {
+    /// The typical attempt time as things stand.
+    fn typical(&self, now: Instant) -> Duration {
+        let average = Duration::from_micros(self.average_us.load(Ordering::Relaxed));
+        let stalled = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            Duration::from_micros(
+                micros(now).saturating_sub(self.progress_at_us.load(Ordering::Relaxed)),
+            )
+        } else {
+            Duration::ZERO
+        };
+        average.max(stalled)
+    }
+}
+
+/// The expected wait for a slot when `ahead` events wait before this one for `slots` slots
+/// of attempts that take `typical` each. Pure.
+pub fn expected_wait(typical: Duration, ahead: usize, slots: usize) -> Duration {
+    let rounds = ahead / slots.max(1) + 1;
+    typical.saturating_mul(rounds as u32)
+}
+
+/// Why an event is not attempted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Defer {
+        reason: DeferReason,
+        wait: Duration,
+    },
+    /// The worker is shutting down: the event goes back to the queue untouched.
+    Shutdown,
+}
+
+/// One profile's protection.
+#[derive(Debug)]
+pub struct Gate {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    rate: Option<(RateLimit, Arc<Bucket>)>,
+    breaker: Arc<Mutex<Breaker>>,
+    stats: Arc<Stats>,
+}
+
+/// An event of this profile held in memory (from consume to settlement), for the fair share.
+pub struct Hold {
+    stats: Arc<Stats>,
+    window: Arc<Window>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.stats.in_hand.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.window.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Leave to attempt: a concurrency slot (and the probe, if it is one) until `finish`.
+pub struct Pass {
+    _slot: OwnedSemaphorePermit,
+    probe: bool,
+    started: Instant,
+    stats: Arc<Stats>,
+    breaker: Arc<Mutex<Breaker>>,
+    finished: bool,
+}
+
+impl Pass {
+    /// The attempt is over: teach the statistics and the breaker. Returns a breaker change
+    /// worth logging, and whether the breaker is open now.
+    pub fn finish(mut self, health: Health) -> (Change, bool) {
+        self.finished = true;
+        let now = Instant::now();
+        let took = now - self.started;
+        let s = &self.stats;
+        let old = s.average_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            took.as_micros() as u64
+        } else {
+            (old * 4 + took.as_micros() as u64) / 5
+        };
+        s.average_us.store(new, Ordering::Relaxed);
+        s.progress_at_us.store(micros(now), Ordering::Relaxed);
+        s.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let mut b = self.breaker.lock().expect("breaker lock");
+        (b.record(self.probe, health, now), b.is_open())
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if self.probe {
+                let mut b = self.breaker.lock().expect("breaker lock");
+                b.record(true, Health::Unknown, Instant::now());
+            }
+        }
+    }
+}
+
+/// One more in a counter for as long as it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Hands the probe back if the event is not attempted after all.
+struct ProbeGuard<'a>(Option<&'a Mutex<Breaker>>);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            b.lock()
+                .expect("breaker lock")
+                .record(true, Health::Unknown, Instant::now());
+        }
+    }
+}
+
+impl Gate {
+    /// A gate for these settings, keeping the parts of `previous` whose settings are equal.
+    pub fn new(
+        limit: usize,
+        rate: Option<RateLimit>,
+        breaker: BreakerSettings,
+        previous: Option<&Gate>,
+    ) -> Gate {
+        let slots = match previous {
+            Some(p) if p.limit == limit => p.slots.clone(),
+            _ => Arc::new(Semaphore::new(limit)),
+        };
+        let rate = rate.map(|r| match previous.and_then(|p| p.rate.as_ref()) {
+            Some((old, bucket)) if *old == r => (r, bucket.clone()),
+            _ => {
+                let burst = std::num::NonZeroU32::new(r.burst()).expect("burst is at least 1");
+                let quota = Quota::with_period(r.interval())
+                    .expect("a rate limit's interval is positive")
+                    .allow_burst(burst);
+                (r, Arc::new(RateLimiter::direct(quota)))
+            }
+        });
+        let breaker = match previous {
+            Some(p) if p.breaker.lock().expect("breaker lock").settings() == breaker => {
+                p.breaker.clone()
+            }
+            _ => Arc::new(Mutex::new(Breaker::new(breaker))),
+        };
+        let stats = previous.map_or_else(Arc::default, |p| p.stats.clone());
+        Gate {
+            slots,
+            limit,
+            rate,
+            breaker,
+            stats,
+        }
+    }
+
+    pub fn hold(&self, window: &Arc<Window>) -> Hold {
+        if self.stats.in_hand.fetch_add(1, Ordering::AcqRel) == 0 {
+            window.active.fetch_add(1, Ordering::AcqRel);
+        }
+        Hold {
+            stats: self.stats.clone(),
+            window: window.clone(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.breaker.lock().expect("breaker lock").is_open()
+    }
+
+    fn within_share(&self, window: &Window) -> bool {
+        self.stats.in_hand.load(Ordering::Relaxed) <= window.share()
+    }
+
+    /// Wait (within the rules above) for leave to attempt, or say why not.
+    pub async fn admit(
+        &self,
+        window: &Window,
+        shutdown: &CancellationToken,
+    ) -> Result<Pass, Refusal> {
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        let may_wait = |wait: Duration| {
+            wait < deadline.saturating_duration_since(tokio::time::Instant::now())
+                && self.within_share(window)
+        };
+        let defer = |reason, wait: Duration| Refusal::Defer {
+            reason,
+            wait: wait.max(MAX_WAIT),
+        };
+        let sleep = |wait: Duration| async move {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => Ok(()),
+                () = shutdown.cancelled() => Err(Refusal::Shutdown),
+            }
+        };
+
+        // 1. The breaker.
+        let probe = loop {
+            let admit = self
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .admit(Instant::now());
+            match admit {
+                Admit::Go => break false,
+                Admit::Probe => break true,
+                Admit::Open(left) if may_wait(left) => sleep(left).await?,
+                Admit::Open(left) => return Err(defer(DeferReason::CircuitOpen, left)),
+                Admit::Probing => {
+                    let wait = self.stats.typical(Instant::now());
+                    return Err(defer(DeferReason::CircuitOpen, wait));
+                }
+            }
+        };
+        let mut probe_guard = ProbeGuard(probe.then_some(&*self.breaker));
+
+        // 2. A concurrency slot.
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let ahead = self.stats.waiting.load(Ordering::Relaxed);
+                let wait = expected_wait(self.stats.typical(Instant::now()), ahead, self.limit);
+                if !may_wait(wait) {
+                    return Err(defer(DeferReason::Concurrency, wait));
+                }
+                let counted = Counted::new(&self.stats.waiting);
+                let got = tokio::select! {
+                    slot = self.slots.clone().acquire_owned() => Some(slot.expect("never closed")),
+                    () = tokio::time::sleep_until(deadline) => None,
+                    () = shutdown.cancelled() => return Err(Refusal::Shutdown),
+                };
+                drop(counted);
+                match got {
+                    Some(slot) => slot,
+                    None => {
+                        let typical = self.stats.typical(Instant::now());
+                        return Err(defer(
+                            DeferReason::Concurrency,
+                            expected_wait(typical, ahead, self.limit),
+                        ));
+                    }
+                }
+            }
+        };
+
+        // 3. The rate limit.
+        if let Some((limit, bucket)) = &self.rate {
+            while let Err(not_until) = bucket.check() {
+                let behind = self.stats.rate_waiting.load(Ordering::Relaxed) as u32;
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(bucket.clock()))
+                    + limit.interval() * behind;
+                if !may_wait(wait) {
+                    return Err(defer(DeferReason::RateLimit, wait));
+                }
+                let _counted = Counted::new(&self.stats.rate_waiting);
+                sleep(wait).await?;
+            }
+        }
+
+        probe_guard.0 = None; // it is the attempt's now: `Pass` hands it back
+        let now = Instant::now();
+        if self.stats.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.stats
+                .progress_at_us
+                .store(micros(now), Ordering::Relaxed);
+        }
+        Ok(Pass {
+            _slot: slot,
+            probe,
+            started: now,
+            stats: self.stats.clone(),
+            breaker: self.breaker.clone(),
+            finished: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_wait_table() {
+        let ms = Duration::from_millis;
+        for (typical, ahead, slots, want) in [
+            (ms(0), 100, 8, ms(0)),
+            (ms(1), 0, 64, ms(1)),
+            (ms(1), 192, 64, ms(4)),
+            (ms(300), 8, 8, ms(600)),
+            (ms(300), 7, 8, ms(300)),
+            (ms(4500), 0, 8, ms(4500)),
+            (ms(100), 5, 0, ms(600)), // no slots is read as one
+        ] {
+            assert_eq!(
+                expected_wait(typical, ahead, slots),
+                want,
+                "{typical:?} {ahead} {slots}"
+            );
+        }
+    }
+
+    fn gate(limit: usize, rate: Option<&str>, failures: u32) -> Gate {
+        Gate::new(
+            limit,
+            rate.map(|r| RateLimit::parse(r).unwrap()),
+            BreakerSettings {
+                failures,
+                open_for: Duration::from_secs(30),
+            },
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_bucket_lets_a_burst_of_one_seconds_worth_through_then_defers() {
+        let g = gate(100, Some("5/s"), 0);
+        let window = Arc::new(Window::new(1000));
+        let stop = CancellationToken::new();
+        let _hold = g.hold(&window);
+        let mut passes = Vec::new();
+        for _ in 0..5 {
+            passes.push(g.admit(&window, &stop).await.expect("within the burst"));
+        }
+        // The 6th would wait 200 ms: within a second and within its share, so it waits.
+        let started = Instant::now();
+        passes.push(g.admit(&window, &stop).await.expect("after a wait"));
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_slow_rate_is_deferred_at_once_with_its_wait() {
+        let g = gate(100, Some("1/m"), 0);
+        let window = Arc::new(Window::new(1000));
+        let stop = CancellationToken::new();
+        let _hold = g.hold(&window);
+        let _first = g.admit(&window, &stop).await.unwrap();
+        match g.admit(&window, &stop).await {
+            Err(Refusal::Defer {
+                reason: DeferReason::RateLimit,
+                wait,
+            }) => assert!(wait > Duration::from_secs(55), "{wait:?}"),
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    #[tokio::test]
+    async fn over_its_share_an_event_is_deferred_instead_of_waiting() {
+        let g = gate(1, None, 0);
+        let other = gate(1, None, 0);
+        let window = Arc::new(Window::new(2));
+        let stop = CancellationToken::new();
+        let _a = g.hold(&window);
+        let _b = g.hold(&window);
+        let _c = other.hold(&window); // two profiles in hand: share 1 each
+        let _slot = g.admit(&window, &stop).await.unwrap();
+        match g.admit(&window, &stop).await {
+            Err(Refusal::Defer {
+                reason: DeferReason::Concurrency,
+                wait,
+            }) => assert_eq!(wait, MAX_WAIT),
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_defers_and_shutdown_releases_waiters() {
+        let g = gate(1, None, 1);
+        let window = Arc::new(Window::new(10));
+        let stop = CancellationToken::new();
+        let _hold = g.hold(&window);
+        let pass = g.admit(&window, &stop).await.unwrap();
+        assert_eq!(pass.finish(Health::Down), (Change::Opened, true));
+        assert!(matches!(
+            g.admit(&window, &stop).await.err(),
+            Some(Refusal::Defer {
+                reason: DeferReason::CircuitOpen,
+                ..
+            })
+        ));
+        let g = gate(1, None, 0);
+        let _hold = g.hold(&window);
+        let _busy = g.admit(&window, &stop).await.unwrap();
+        stop.cancel();
+        assert_eq!(g.admit(&window, &stop).await.err(), Some(Refusal::Shutdown));
+    }
+}

@@ -1,0 +1,189 @@
+//! The resolve stage: the registry of profile runtimes, swapped as a whole on reload.
+//!
+//! Design decisions:
+//! - A [`Snapshot`] is everything a reload may change (`delivery`, `retry`, the profiles)
+//!   built into runtime objects once. A delivery takes the current snapshot when it starts
+//!   and keeps it to the end, so it finishes with the profile it started with.
+//! - Building a snapshot reuses what still holds from the one before: HTTP clients (and
+//!   their warm connections) when the delivery settings did not change, a profile's tokens
+//!   when its auth and TLS did not change, its limiter, breaker and statistics when their
+//!   own settings did not, and its metric series always.
+//! - One HTTP client per distinct TLS setting; profiles without `tls` share one.
+
+pub mod breaker;
+pub mod endpoint;
+pub mod gate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use endpoint::Endpoint;
+pub use gate::Window;
+
+use crate::auth::TokenSlot;
+use crate::auth::shared::SharedTokens;
+use crate::config::{Config, DeliveryConfig, Profile};
+use crate::guard::Guard;
+use crate::metrics::{Metrics, ProfileMetrics};
+use crate::retry::RetryPolicy;
+
+/// What the worker runs with, for events consumed from now on.
+pub struct Snapshot {
+    pub delivery: DeliveryConfig,
+    pub retry: RetryPolicy,
+    /// The delay queues' TTLs (ms), ascending.
+    pub delays_ms: Vec<u64>,
+    endpoints: HashMap<Arc<str>, Arc<Endpoint>>,
+    /// By TLS fingerprint; `None` is the client of profiles without `tls`.
+    clients: HashMap<Option<[u8; 32]>, reqwest::Client>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("profiles", &self.endpoints.len())
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    pub fn endpoint(&self, id: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}
+
+/// The swappable set of profile runtimes.
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
+    shared: Option<Arc<SharedTokens>>,
+}
+
+impl Registry {
+    /// Build the first snapshot. Must run inside the Tokio runtime (the shared token cache
+    /// connects lazily from there).
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let shared = config.token_cache.as_ref().and_then(|tc| {
+            SharedTokens::new(tc, metrics.token_cache_errors.clone())
+                .map_err(|e| tracing::warn!(error = %e, "shared token cache disabled"))
+                .ok()
+                .map(Arc::new)
+        });
+        let first = build(config, None, &metrics, shared.as_ref());
+        Self {
+            current: ArcSwap::from_pointee(first),
+            metrics,
+            shared,
+        }
+    }
+
+    /// The snapshot in force now.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// A snapshot for `config`, reusing what still holds from the current one.
+    pub fn prepare(&self, config: &Config) -> Snapshot {
+        build(
+            config,
+            Some(&self.current.load()),
+            &self.metrics,
+            self.shared.as_ref(),
+        )
+    }
+
+    pub fn store(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
+    }
+}
+
+fn build(
+    config: &Config,
+    previous: Option<&Snapshot>,
+    metrics: &Arc<Metrics>,
+    shared: Option<&Arc<SharedTokens>>,
+) -> Snapshot {
+    let d = &config.delivery;
+    let guard = Guard::new(d.allow_networks.clone());
+    let same_clients = previous.is_some_and(|p| {
+        (
+            p.delivery.connect_timeout,
+            p.delivery.timeout,
+            &p.delivery.allow_networks,
+        ) == (d.connect_timeout, d.timeout, &d.allow_networks)
+    });
+    let mut clients: HashMap<Option<[u8; 32]>, reqwest::Client> = HashMap::new();
+    let mut client_for = |p: &Profile| -> reqwest::Client {
+        let key = p.tls.as_ref().map(|t| t.fingerprint);
+        clients
+            .entry(key)
+            .or_insert_with(|| {
+                previous
+                    .filter(|_| same_clients)
+                    .and_then(|prev| prev.clients.get(&key).cloned())
+                    .unwrap_or_else(|| {
+                        crate::http::client(d.connect_timeout, d.timeout, &guard, p.tls.as_ref())
+                    })
+            })
+            .clone()
+    };
+    let endpoints = config
+        .profiles
+        .iter()
+        .map(|p| {
+            let before = previous.and_then(|prev| prev.endpoints.get(&p.id));
+            let endpoint = Endpoint {
+                client: client_for(p),
+                gate: gate::Gate::new(
+                    p.concurrency.unwrap_or(d.per_profile_concurrency),
+                    p.rate_limit,
+                    p.circuit_breaker.unwrap_or(d.circuit_breaker),
+                    before.map(|b| &b.gate),
+                ),
+                tokens: match before {
+                    Some(b) if same_credentials(&b.profile, p) => b.tokens.clone(),
+                    _ => Arc::new(TokenSlot::default()),
+                },
+                metrics: before.map_or_else(
+                    || Arc::new(ProfileMetrics::new(metrics.clone(), p.id.clone())),
+                    |b| b.metrics.clone(),
+                ),
+                timeout: p.timeout.unwrap_or(d.timeout),
+                callback_blocked: guard.check_literal(&p.url).err().map(|b| b.to_string()),
+                auth_blocked: p
+                    .auth
+                    .oauth2()
+                    .and_then(|o| guard.check_literal(&o.url).err())
+                    .map(|b| b.to_string()),
+                shared: shared.cloned(),
+                profile: p.clone(),
+            };
+            (p.id.clone(), Arc::new(endpoint))
+        })
+        .collect();
+    Snapshot {
+        delivery: d.clone(),
+        retry: config.retry.clone(),
+        delays_ms: config.retry.delay_queue_ms(),
+        endpoints,
+        clients,
+    }
+}
+
+/// Whether a token fetched for `old` still serves `new`: same auth settings, same TLS.
+fn same_credentials(old: &Profile, new: &Profile) -> bool {
+    let auth = |p: &Profile| p.auth.oauth2().map(|o| o.fingerprint);
+    let tls = |p: &Profile| p.tls.as_ref().map(|t| t.fingerprint);
+    auth(old).is_some() && auth(old) == auth(new) && tls(old) == tls(new)
+}

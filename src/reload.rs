@@ -1,0 +1,223 @@
+//! Reloading the configuration without a restart (SPEC section 11).
+//!
+//! Design decisions:
+//! - Triggers: SIGHUP, and a change of the file's content, checked every
+//!   [`POLL`]. Content is compared, not the inode or mtime: a Kubernetes ConfigMap update
+//!   swaps a symlink, and editors replace files.
+//! - A valid file becomes a new [`crate::profiles::Snapshot`], swapped in atomically for
+//!   events consumed from then on; deliveries in flight keep the one they started with. New
+//!   delay queues are declared before the swap, on a short connection of the reload's own;
+//!   if that fails the reload fails and the running configuration stays.
+//! - An invalid file changes nothing: every error is logged as `check-config` prints it and
+//!   `config_reloads_total{outcome="failure"}` counts it. The same bad content is reported
+//!   once, not at every poll.
+//! - `amqp`, `metrics`, `log` and `token_cache` are fixed for the process's life: a change
+//!   there is logged as needing a restart and not applied.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{self, Topology};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::metrics::ReloadOutcome;
+
+/// How often the file's content is compared.
+pub const POLL: Duration = Duration::from_secs(2);
+
+pub struct Reloader {
+    path: PathBuf,
+    dispatcher: Arc<Dispatcher>,
+    topology: Topology,
+    /// The parts only a restart changes, as the process started with them.
+    fixed: Fixed,
+    /// The content last read, to notice a change.
+    last: Option<[u8; 32]>,
+    /// The broker the process is connected to, for declaring new delay queues.
+    url: secrecy::SecretString,
+}
+
+#[derive(PartialEq, Eq)]
+struct Fixed {
+    amqp: [u8; 32],
+    metrics: String,
+    log: String,
+    token_cache: Option<[u8; 32]>,
+}
+
+impl Fixed {
+    fn of(c: &Config) -> Fixed {
+        use secrecy::ExposeSecret;
+        let mut amqp = Sha256::new();
+        amqp.update(c.amqp.url.expose_secret().as_bytes());
+        amqp.update(format!(
+            "{}|{}|{}",
+            c.amqp.queue, c.amqp.exchange, c.amqp.prefetch
+        ));
+        Fixed {
+            amqp: amqp.finalize().into(),
+            metrics: format!("{:?}", c.metrics),
+            log: format!("{:?}", c.log),
+            token_cache: c.token_cache.as_ref().map(|t| {
+                let mut h = Sha256::new();
+                h.update(t.redis.expose_secret().as_bytes());
+                h.update(t.key_prefix.as_bytes());
+                h.update(t.encryption_key.expose_secret());
+                h.finalize().into()
+            }),
+        }
+    }
+
+    /// The sections that differ, by name.
+    fn changed(&self, other: &Fixed) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.amqp != other.amqp {
+            out.push("amqp");
+        }
+        if self.metrics != other.metrics {
+            out.push("metrics");
+        }
+        if self.log != other.log {
+            out.push("log");
+        }
+        if self.token_cache != other.token_cache {
+            out.push("token_cache");
+        }
+        out
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        base: &Config,
+        dispatcher: Arc<Dispatcher>,
+        topology: Topology,
+    ) -> Self {
+        let last = std::fs::read(&path).ok().map(|b| digest(&b));
+        Self {
+            path,
+            dispatcher,
+            topology,
+            fixed: Fixed::of(base),
+            last,
+            url: base.amqp.url.clone(),
+        }
+    }
+
+    /// Watch for SIGHUP and content changes until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; reloading on file changes only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                () = stop.cancelled() => return,
+                _ = async { hup.as_mut().expect("checked").recv().await }, if hup.is_some() => true,
+                _ = tick.tick() => false,
+            };
+            let Ok(bytes) = std::fs::read(&self.path) else {
+                if forced {
+                    tracing::warn!(path = %self.path.display(), "SIGHUP: cannot read the configuration file; keeping the running one");
+                }
+                continue; // e.g. in the middle of a ConfigMap symlink swap
+            };
+            let now = digest(&bytes);
+            if !forced && self.last == Some(now) {
+                continue;
+            }
+            self.last = Some(now);
+            self.reload(forced).await;
+        }
+    }
+
+    /// Read, validate, and apply or report.
+    pub async fn reload(&self, forced: bool) {
+        let why = if forced { "SIGHUP" } else { "file changed" };
+        let metrics = &self.dispatcher.metrics;
+        let config = match Config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.reload(ReloadOutcome::Failure);
+                let lines = e.lines();
+                tracing::error!(
+                    trigger = why,
+                    errors = lines.len(),
+                    "configuration reload failed; the running configuration stays"
+                );
+                for line in lines {
+                    tracing::error!("{line}");
+                }
+                return;
+            }
+        };
+        let restart = self.fixed.changed(&Fixed::of(&config));
+        if !restart.is_empty() {
+            tracing::warn!(sections = ?restart, "these sections changed and need a restart to take effect; the rest is applied");
+        }
+        let next = self.dispatcher.registry.prepare(&config);
+        let current = self.dispatcher.registry.load();
+        let new_delays: Vec<u64> = next
+            .delays_ms
+            .iter()
+            .copied()
+            .filter(|d| !current.delays_ms.contains(d))
+            .collect();
+        if !new_delays.is_empty()
+            && let Err(e) = self.declare(&new_delays).await
+        {
+            metrics.reload(ReloadOutcome::Failure);
+            tracing::error!(trigger = why, error = %e, "configuration reload failed: the new delay queues could not be declared; the running configuration stays");
+            return;
+        }
+        let (old_limit, new_limit) = (current.delivery.concurrency, next.delivery.concurrency);
+        let summary = config.summary();
+        self.dispatcher.registry.store(next);
+        resize(&self.dispatcher.attempts, old_limit, new_limit);
+        metrics.reload(ReloadOutcome::Success);
+        tracing::info!(trigger = why, summary = %summary, new_delay_queues = new_delays.len(), "configuration reloaded");
+    }
+
+    async fn declare(&self, delays: &[u64]) -> anyhow::Result<()> {
+        let conn = amqp::connect(&self.url, "callback-dispatcher reload").await?;
+        let result = async {
+            let ch = conn.create_channel().await?;
+            self.topology.declare_delays(&ch, delays).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), conn.close(200, "reloaded".into())).await;
+        result
+    }
+}
+
+/// Change the number of attempts allowed at once across profiles.
+fn resize(attempts: &Arc<tokio::sync::Semaphore>, old: usize, new: usize) {
+    if new > old {
+        attempts.add_permits(new - old);
+    } else if new < old {
+        let attempts = attempts.clone();
+        let fewer = (old - new) as u32;
+        // Take the surplus as attempts finish, and never give it back.
+        tokio::spawn(async move {
+            if let Ok(p) = attempts.acquire_many_owned(fewer).await {
+                p.forget();
+            }
+        });
+    }
+}
