@@ -84,7 +84,7 @@ fn benches(c: &mut Criterion) {
         ),
         (
             "sign 1 KiB body (v1a, ed25519)",
-            "whsk_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+            "whsk_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
         ),
     ] {
         let signer = Signer::new(vec![secret(key)]);

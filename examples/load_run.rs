@@ -1,11 +1,24 @@
-//! End-to-end load run: N events queued, then the worker started against a local receiver
-//! answering 200 after `DELAY_MS` (default 1); prints the throughput from the first to the
-//! last delivery. `cargo run --release --example load_run -- [N] [DELAY_MS]`. Uses its own
-//! queue names and deletes them afterwards.
+//! End-to-end load runs on this machine, each compared with a reference in the same
+//! invocation, interleaved over several rounds; the figures are medians. `scripts/load.sh`
+//! builds what it needs and runs it:
+//!
+//! - `throughput`: the worker (an oauth2 profile with a cached token, Standard Webhooks
+//!   signing, metrics and the per-event log line on) against `examples/bare_consumer.rs`
+//!   (consume -> POST -> ack, nothing else), same queue type, prefetch and concurrency.
+//!   Prints `ratio_vs_baseline=`.
+//! - `profiles`: the same load spread over 1,000 oauth2 profiles (1,000 tokens fetched
+//!   first), against one profile. Prints `ratio_vs_one_profile=`.
+//! - `protection`: a healthy profile alone, and beside a profile whose endpoint hangs until
+//!   just before the timeout (events interleaved 1:1 at first). Prints
+//!   `ratio_beside_hanging=`.
+//!
+//! Events are queued before each consumer starts; a rate is measured at the receiver, from
+//! the first measured request to the last. Each round uses its own queues and deletes them.
+//! `load_run [SCENARIO] [EVENTS] [ROUNDS]`, SCENARIO = throughput | profiles | protection | all.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use callback_dispatcher::amqp::Topology;
@@ -16,95 +29,295 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args.next().map_or(Ok(20_000), |a| a.parse())?;
-    let delay_ms: u64 = args.next().map_or(Ok(1), |a| a.parse())?;
-    let amqp = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-    let received = Arc::new(AtomicUsize::new(0));
-    let r2 = received.clone();
-    let app = axum::Router::new().fallback(move || {
-        let r = r2.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            r.fetch_add(1, Ordering::Relaxed);
-            axum::http::StatusCode::NO_CONTENT
-        }
-    });
+/// Requests seen by the receiver: when, and whether they count for the rate.
+#[derive(Default)]
+struct Seen {
+    measured: Vec<Instant>,
+    other: usize,
+    tokens: usize,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+async fn servers(seen: Shared) -> anyhow::Result<String> {
+    use axum::routing::{any, post};
+    let (a, b, c) = (seen.clone(), seen.clone(), seen);
+    let app = axum::Router::new()
+        .route(
+            "/cb",
+            any(move |headers: axum::http::HeaderMap| {
+                let seen = a.clone();
+                async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("m");
+                    let mut s = seen.lock().unwrap();
+                    if id.starts_with('m') {
+                        s.measured.push(Instant::now());
+                    } else {
+                        s.other += 1;
+                    }
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .route(
+            "/hang",
+            any(move || {
+                let _ = &b;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(4500)).await;
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .route(
+            "/token",
+            post(move || {
+                let seen = c.clone();
+                async move {
+                    seen.lock().unwrap().tokens += 1;
+                    (
+                        [("content-type", "application/json")],
+                        r#"{"access_token":"load-token","expires_in":3600}"#,
+                    )
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
+}
 
-    let queue = format!("load.{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let yaml = format!(
-        "amqp: {{url: \"{amqp}\", queue: {queue}, exchange: {queue}}}\nmetrics: {{listen: \"127.0.0.1:0\"}}\nlog: {{format: text}}\nprofiles:\n  - id: load\n    url: \"http://{addr}/cb\"\n    signing: {{secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}}\n"
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Consumer {
+    Bare,
+    Worker,
+}
+
+/// One round's setup: the worker's profiles and the events, in queue order.
+struct Load {
+    profiles: String,
+    /// (profile, message id); ids starting with `m` are measured.
+    events: Vec<(String, String)>,
+    prefetch: u16,
+    concurrency: usize,
+}
+
+struct Round {
+    rate: f64,
+    rss_mib: f64,
+    /// CPU time (user + system) the consumer process spent per event, microseconds.
+    cpu_us: f64,
+}
+
+/// User + system CPU seconds of a running process.
+fn cpu_secs(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().expect("examples/");
+    let path = if name == "callback-dispatcher" {
+        dir.parent().expect("target/<profile>/").join(name)
+    } else {
+        dir.join(name)
+    };
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: run scripts/load.sh (it builds the binary and the examples)",
+        path.display()
     );
-    let config = Config::from_yaml(&yaml, Path::new("load.yaml"), |_| None)?;
+    Ok(path)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn run_round(
+    kind: Consumer,
+    load: &Load,
+    base: &str,
+    seen: &Shared,
+    dir: &Path,
+) -> anyhow::Result<Round> {
+    let queue = format!("load.{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let yaml = format!(
+        "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\nprofiles:\n{}",
+        amqp_url(),
+        load.prefetch,
+        load.concurrency,
+        std::env::var("LOAD_DELIVERY_EXTRA").unwrap_or_default(),
+        load.profiles
+    );
+    let config_path = dir.join(format!("{queue}.yaml"));
+    std::fs::write(&config_path, &yaml)?;
+    let config = Config::from_yaml(&yaml, &config_path, |_| None)?;
     let topology = Topology::new(&config.amqp);
     let delays = config.retry.delay_queue_ms();
 
-    let conn = Connection::connect(&amqp, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     topology.declare(&ch, &delays).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "profile".into(),
-        AMQPValue::LongString(LongString::from("load")),
-    );
-    let t0 = Instant::now();
-    let mut pending = Vec::new();
-    for i in 0..n {
-        let props = BasicProperties::default()
-            .with_message_id(format!("load-{i}").into())
-            .with_delivery_mode(2)
-            .with_headers(headers.clone());
-        pending.push(
-            ch.basic_publish(
-                queue.as_str().into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                br#"{"event":"load"}"#,
-                props,
-            )
-            .await?,
-        );
-    }
-    for p in pending {
-        p.await?;
-    }
-    println!("published {n} events (confirmed) in {:.2?}", t0.elapsed());
-
-    let worker = callback_dispatcher::Worker::bind(config).await?;
-    let metrics = worker.metrics();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async move {
-        let _ = stopped.await;
-    }));
-    let t1 = Instant::now();
-    let delivered = || {
-        metrics
-            .deliveries
-            .with_label_values(&["load", "delivered"])
-            .get() as usize
-    };
-    while delivered() < n {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if t1.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("only {} of {n} delivered after 10 minutes", delivered());
+    let mut body = br#"{"event":"load","pad":""#.to_vec();
+    body.resize(510, b'x');
+    body.extend_from_slice(br#""}"#);
+    for chunk in load.events.chunks(5000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (profile, id) in chunk {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "profile".into(),
+                AMQPValue::LongString(LongString::from(profile.as_str())),
+            );
+            let props = BasicProperties::default()
+                .with_message_id(id.as_str().into())
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            pending.push(
+                ch.basic_publish(
+                    queue.as_str().into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await?,
+            );
+        }
+        for p in pending {
+            p.await?;
         }
     }
-    let took = t1.elapsed();
-    println!(
-        "delivered {n} signed callbacks (receiver {delay_ms} ms per request) in {took:.2?}: {:.0} events/s; receiver saw {} requests",
-        n as f64 / took.as_secs_f64(),
-        received.load(Ordering::Relaxed)
-    );
-    let _ = stop.send(());
-    run.await??;
+    let measured = load
+        .events
+        .iter()
+        .filter(|(_, id)| id.starts_with('m'))
+        .count();
+    *seen.lock().unwrap() = Seen::default();
+
+    let log = std::fs::File::create(dir.join(format!("{queue}.log")))?;
+    let mut child: Child = match kind {
+        Consumer::Worker => Command::new(binary("callback-dispatcher")?)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("LOAD_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+        Consumer::Bare => Command::new(binary("bare_consumer")?)
+            .args([
+                amqp_url(),
+                queue.clone(),
+                format!("{base}/cb"),
+                load.prefetch.to_string(),
+                std::env::var("LOAD_BARE_CONCURRENCY")
+                    .unwrap_or_else(|_| load.concurrency.to_string()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    };
+    // LOAD_PERF=FILE: record the worker's profile (`perf report -i FILE`).
+    let perf = match (kind, std::env::var("LOAD_PERF")) {
+        (Consumer::Worker, Ok(out)) => Some(
+            Command::new("perf")
+                .args([
+                    "record",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-F",
+                    "499",
+                    "-o",
+                    &out,
+                    "-p",
+                    &child.id().to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        ),
+        _ => None,
+    };
+    let started = Instant::now();
+    while seen.lock().unwrap().measured.len() < measured {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {} of {measured} after 10 minutes",
+            seen.lock().unwrap().measured.len()
+        );
+    }
+    if kind == Consumer::Worker {
+        let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .await?
+            .text()
+            .await?;
+        let sum = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum()
+        };
+        let (deferred, retried) = (
+            sum("callback_dispatcher_deferrals_total"),
+            sum("callback_dispatcher_deliveries_total{outcome=\"retry_scheduled\""),
+        );
+        if deferred + retried > 0.0 {
+            println!("  (worker deferred {deferred} and retried {retried} events)");
+        }
+    }
+    let rss = rss_mib(child.id());
+    let cpu = cpu_secs(child.id());
+    if let Some(mut p) = perf {
+        Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status()?;
+        p.wait()?;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    let (first, last) = {
+        let s = seen.lock().unwrap();
+        (
+            *s.measured.iter().min().unwrap(),
+            *s.measured.iter().max().unwrap(),
+        )
+    };
     for q in topology.queues(&delays) {
         ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await?;
@@ -115,5 +328,192 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     conn.close(200, "done".into()).await?;
+    Ok(Round {
+        rate: (measured - 1) as f64 / (last - first).as_secs_f64(),
+        rss_mib: rss,
+        cpu_us: cpu * 1e6 / load.events.len() as f64,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn oauth_profile(id: &str, base: &str, path: &str) -> String {
+    format!(
+        "  - id: {id}\n    url: \"{base}{path}\"\n    signing: {{secrets: [\"{SECRET}\"]}}\n    auth: {{type: oauth2, url: \"{base}/token\", client_id: c-{id}, client_secret: s}}\n"
+    )
+}
+
+/// Run `a` and `b` in turn, `rounds` times; print each round and the median ratio a/b.
+async fn compare(
+    name: &str,
+    rounds: usize,
+    a: (&str, Consumer, &Load),
+    b: (&str, Consumer, &Load),
+    base: &str,
+    seen: &Shared,
+    dir: &Path,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut ratios = Vec::new();
+    let (mut ra, mut rb, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let x = run_round(b.1, b.2, base, seen, dir).await?;
+        let y = run_round(a.1, a.2, base, seen, dir).await?;
+        println!(
+            "{name} round {round}: {} {:.0}/s ({:.0} µs CPU/event), {} {:.0}/s ({:.0} µs CPU/event, peak RSS {:.1} MiB), ratio {:.3}",
+            b.0,
+            x.rate,
+            x.cpu_us,
+            a.0,
+            y.rate,
+            y.cpu_us,
+            y.rss_mib,
+            y.rate / x.rate
+        );
+        ratios.push(y.rate / x.rate);
+        ra.push(y.rate);
+        rb.push(x.rate);
+        rss.push(y.rss_mib);
+    }
+    println!(
+        "{name}: median {} {:.0}/s, {} {:.0}/s",
+        b.0,
+        median(rb),
+        a.0,
+        median(ra.clone())
+    );
+    Ok((
+        median(ratios),
+        median(ra),
+        rss.into_iter().fold(0.0, f64::max),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let scenario = args.next().unwrap_or_else(|| "all".into());
+    let n: usize = args.next().map_or(Ok(30_000), |a| a.parse())?;
+    let rounds: usize = args.next().map_or(Ok(3), |a| a.parse())?;
+    let seen: Shared = Arc::default();
+    let base = servers(seen.clone()).await?;
+    let dir = tempfile_dir()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "load run: {n} events of 512 bytes, {rounds} rounds, {cores} cores, receiver answers 204 at once, RabbitMQ quorum queue"
+    );
+
+    let measured = |profile_of: &dyn Fn(usize) -> String| -> Vec<(String, String)> {
+        (0..n).map(|i| (profile_of(i), format!("m{i}"))).collect()
+    };
+    let one = Load {
+        profiles: oauth_profile("load", &base, "/cb"),
+        events: measured(&|_| "load".into()),
+        prefetch: 256,
+        concurrency: 256,
+    };
+    if scenario == "all" || scenario == "throughput" {
+        let (ratio, rate, rss) = compare(
+            "throughput",
+            rounds,
+            ("worker", Consumer::Worker, &one),
+            ("bare", Consumer::Bare, &one),
+            &base,
+            &seen,
+            &dir,
+        )
+        .await?;
+        println!(
+            "throughput: worker median {rate:.0} events/s, peak RSS {rss:.1} MiB, prefetch 256, concurrency 256"
+        );
+        println!("ratio_vs_baseline={ratio:.3}");
+    }
+    if scenario == "all" || scenario == "profiles" {
+        let profiles: String = (0..1000)
+            .map(|i| oauth_profile(&format!("p{i}"), &base, "/cb"))
+            .collect();
+        let mut events: Vec<(String, String)> = (0..1000)
+            .map(|i| (format!("p{i}"), format!("w{i}")))
+            .collect();
+        events.extend(measured(&|i| format!("p{}", i % 1000)));
+        let many = Load {
+            profiles,
+            events,
+            prefetch: 256,
+            concurrency: 256,
+        };
+        let (ratio, rate, _) = compare(
+            "profiles",
+            rounds,
+            ("1000 profiles", Consumer::Worker, &many),
+            ("1 profile", Consumer::Worker, &one),
+            &base,
+            &seen,
+            &dir,
+        )
+        .await?;
+        println!(
+            "profiles: 1000 oauth2 profiles median {rate:.0} events/s after 1000 token requests"
+        );
+        println!("ratio_vs_one_profile={ratio:.3}");
+    }
+    if scenario == "all" || scenario == "protection" {
+        // The issue's 200 hanging events by default; LOAD_HANGING=N for more.
+        let hanging: usize = std::env::var("LOAD_HANGING")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        let mut events = Vec::with_capacity(n + hanging);
+        for i in 0..n {
+            if i < hanging {
+                events.push(("hang".to_owned(), format!("h{i}")));
+            }
+            events.push(("ok".to_owned(), format!("m{i}")));
+        }
+        let profiles = format!(
+            "{}{}",
+            oauth_profile("ok", &base, "/cb"),
+            oauth_profile("hang", &base, "/hang")
+        );
+        let alone = Load {
+            profiles: profiles.clone(),
+            events: measured(&|_| "ok".into()),
+            prefetch: 64,
+            concurrency: 32,
+        };
+        let beside = Load {
+            profiles,
+            events,
+            prefetch: 64,
+            concurrency: 32,
+        };
+        let (ratio, rate, _) = compare(
+            "protection",
+            rounds,
+            ("beside hanging", Consumer::Worker, &beside),
+            ("alone", Consumer::Worker, &alone),
+            &base,
+            &seen,
+            &dir,
+        )
+        .await?;
+        println!(
+            "protection: healthy profile beside a hanging one ({hanging} events answering after 4.5 s, timeout 5 s, interleaved 1:1 first) median {rate:.0} events/s, prefetch 64, concurrency 32"
+        );
+        println!("ratio_beside_hanging={ratio:.3}");
+    }
+    if std::env::var_os("LOAD_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("logs kept in {}", dir.display());
+    }
     Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("load-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -57,7 +57,7 @@ impl Dispatcher {
             Err(r) => r.profile.as_deref(),
         };
         let endpoint = named.and_then(|id| snapshot.endpoint(id));
-        let _hold = endpoint.map(|e| e.gate.hold(&self.window));
+        let hold = endpoint.map(|e| e.gate.hold(&self.window));
         let facts = match &read {
             Ok(e) => Facts {
                 attempts_before: e.attempts_before,
@@ -79,7 +79,9 @@ impl Dispatcher {
             (Ok(e), Some(ep)) => self.guard_and_attempt(&snapshot, ep, e, facts).await,
         };
 
-        // decide -> settle
+        // decide -> settle. The event stops counting against its profile's share here: from
+        // now on it waits only for the broker, which may send the next one as soon as it acks.
+        drop(hold);
         let settlement = decide(
             case,
             facts,
@@ -124,9 +126,12 @@ impl Dispatcher {
             Err(Refusal::Defer { reason, wait }) => return Case::Deferred { reason, wait },
             Err(Refusal::Shutdown) => return Case::Interrupted,
         };
-        let _slot = tokio::select! {
-            slot = self.attempts.acquire() => slot.expect("never closed"),
-            () = self.shutdown.cancelled() => return Case::Interrupted,
+        let _slot = match self.attempts.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => tokio::select! {
+                slot = self.attempts.acquire() => slot.expect("never closed"),
+                () = self.shutdown.cancelled() => return Case::Interrupted,
+            },
         };
         let result = self.attempt(ep, event).await;
         let (change, open) = pass.finish(health(&result));
@@ -284,6 +289,7 @@ fn log_settled(id: &str, profile: &str, settlement: &Settlement, took: Duration)
             reason = crate::metrics::Label::as_str(*reason),
             deferrals,
             delay_ms = plan.expiration_ms,
+            duration_ms = ms,
             "event deferred"
         ),
         Settlement::Requeue => {

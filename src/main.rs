@@ -9,6 +9,9 @@ use callback_dispatcher::ops::{check_config, dead_letters, publish, signing_key,
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "callback-dispatcher",
@@ -88,7 +91,13 @@ enum DeadLetters {
     },
 }
 
-fn init_logs(format: LogFormat, default_level: &str) {
+/// Logs go to stderr through a writer thread that batches lines while the worker is busy
+/// and flushes as soon as it is idle: the per-event log line costs a channel send, not a
+/// write system call. The guard flushes what is left when `main` returns.
+fn init_logs(
+    format: LogFormat,
+    default_level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::prelude::*;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
@@ -97,7 +106,16 @@ fn init_logs(format: LogFormat, default_level: &str) {
     let no_frames = tracing_subscriber::filter::filter_fn(|m| {
         !(m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE)
     });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let layer = match format {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         LogFormat::Text => fmt.boxed(),
@@ -105,6 +123,7 @@ fn init_logs(format: LogFormat, default_level: &str) {
     tracing_subscriber::registry()
         .with(layer.with_filter(filter).with_filter(no_frames))
         .init();
+    guard
 }
 
 async fn shutdown_signal() {
@@ -133,7 +152,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run => {
-            init_logs(config.log.format, "info");
+            let _logs = init_logs(config.log.format, "info");
             for w in config.warnings() {
                 tracing::warn!("{w}");
             }
@@ -152,7 +171,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Token { profile } => {
-            init_logs(LogFormat::Text, "warn");
+            let _logs = init_logs(LogFormat::Text, "warn");
             token::token(&config, &profile)
                 .await
                 .map(|report| print!("{report}"))
@@ -167,7 +186,7 @@ async fn main() -> ExitCode {
             content_type,
             count,
         } => {
-            init_logs(LogFormat::Text, "warn");
+            let _logs = init_logs(LogFormat::Text, "warn");
             let body = match file {
                 Some(f) => {
                     std::fs::read(&f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))
@@ -205,13 +224,13 @@ async fn main() -> ExitCode {
             }
         }
         Command::DeadLetters(DeadLetters::List { limit }) => {
-            init_logs(LogFormat::Text, "warn");
+            let _logs = init_logs(LogFormat::Text, "warn");
             dead_letters::list(&config, limit)
                 .await
                 .map(|(rows, total)| print!("{}", dead_letters::dead_letter_table(&rows, total)))
         }
         Command::DeadLetters(DeadLetters::Replay { profile, limit }) => {
-            init_logs(LogFormat::Text, "warn");
+            let _logs = init_logs(LogFormat::Text, "warn");
             dead_letters::replay(&config, profile.as_deref(), limit)
                 .await
                 .map(|r| println!("replayed {} event(s) to the work queue; {} of other profiles left in place", r.moved, r.skipped))

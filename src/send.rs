@@ -132,19 +132,20 @@ pub async fn send(
         return (sent, started.elapsed());
     }
     // One map, insert semantics: the event's Content-Type, the credential and the signature
-    // replace a profile header of the same name instead of being sent twice.
+    // replace a profile header of the same name instead of being sent twice. The request is
+    // built directly (no builder): this runs for every event.
     let mut headers = profile.headers.clone();
-    let mut req = client
-        .request(profile.method.clone(), profile.url.clone())
-        .timeout(timeout);
+    let mut url = profile.url.clone();
     let body: &[u8] = if profile.sends_body() {
         let ct = HeaderValue::from_str(&event.content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream"));
         headers.insert(CONTENT_TYPE, ct);
-        req = req.body(event.body.clone());
         &event.body
     } else {
-        req = req.query(&query_params(&event.body));
+        let params = query_params(&event.body);
+        if !params.is_empty() {
+            url.query_pairs_mut().extend_pairs(params);
+        }
         b""
     };
     if let Some(c) = credential {
@@ -161,11 +162,16 @@ pub async fn send(
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
         headers.insert(
             WEBHOOK_SIGNATURE,
-            HeaderValue::from_str(&signature).expect("base64 is header-safe"),
+            HeaderValue::try_from(signature).expect("base64 is header-safe"),
         );
     }
-    let req = req.headers(headers);
-    let sent = match req.send().await {
+    let mut req = reqwest::Request::new(profile.method.clone(), url);
+    *req.headers_mut() = headers;
+    *req.timeout_mut() = Some(timeout);
+    if profile.sends_body() {
+        *req.body_mut() = Some(event.body.clone().into());
+    }
+    let sent = match client.execute(req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let retry_after = resp

@@ -86,6 +86,9 @@ impl Signer {
                 out.push(' ');
             }
             match key {
+                Key::Hmac(k) if self.keys.len() == 1 => {
+                    return signature(k.expose_secret(), id, timestamp, body);
+                }
                 Key::Hmac(k) => out.push_str(&signature(k.expose_secret(), id, timestamp, body)),
                 Key::Ed25519(k) => {
                     let content =
@@ -141,7 +144,10 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    let mut out = String::with_capacity(47);
+    out.push_str("v1,");
+    STANDARD.encode_string(mac.finalize().into_bytes(), &mut out);
+    out
 }
 
 #[cfg(test)]

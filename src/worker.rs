@@ -277,6 +277,8 @@ impl Supervisor {
         self.health.set_consuming(true);
         tracing::info!(queue = %self.topology.queue, prefetch, concurrency = d.registry.load().delivery.concurrency, "consuming");
 
+        // What every delivery's task settles with, shared rather than cloned per event.
+        let out = Arc::new((publisher.clone(), self.topology.clone()));
         let tracker = TaskTracker::new();
         let end = loop {
             let next = tokio::select! {
@@ -301,12 +303,12 @@ impl Supervisor {
                 Some(Err(e)) => break End::Lost(format!("consumer: {e}")),
                 None => break End::Lost("consumer cancelled by the broker".into()),
             };
-            let (d, publisher, topology) = (d.clone(), publisher.clone(), self.topology.clone());
+            let (d, out) = (d.clone(), out.clone());
             let inflight = Inflight::new(&d.metrics);
             tracker.spawn(async move {
                 let settler = Settler {
-                    publisher: &publisher,
-                    topology: &topology,
+                    publisher: &out.0,
+                    topology: &out.1,
                 };
                 d.handle(&settler, delivery).await;
                 drop(inflight);
@@ -354,6 +356,13 @@ impl Supervisor {
         }
         bounded("closing the channel", channel.close(200, "shutdown".into())).await;
         bounded("closing the connection", conn.close(200, "shutdown".into())).await;
+        if publisher_conn.status().blocked() {
+            // The broker reads nothing from a blocked connection, not even a close.
+            tracing::info!(
+                "the publisher connection is blocked by the broker; leaving it without a close"
+            );
+            return;
+        }
         bounded(
             "closing the publisher",
             publisher.close(200, "shutdown".into()),

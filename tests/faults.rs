@@ -366,3 +366,104 @@ async fn a_deleted_work_queue_is_redeclared_without_leaking_a_connection() {
     );
     worker.stop().await.unwrap();
 }
+
+/// A broker memory alarm (publishers blocked) for as long as it lives: the watermark is set
+/// so low that the alarm goes off, and the original is put back when dropped, even after a
+/// panic. Only tests holding `SERIAL` may raise one.
+struct MemoryAlarm {
+    original: String,
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl MemoryAlarm {
+    async fn raise() -> MemoryAlarm {
+        let original = rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]);
+        let original = if original.parse::<f64>().is_ok() {
+            original
+        } else {
+            "0.4".into()
+        };
+        let alarm = MemoryAlarm { original };
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.00001"]);
+        wait_until(LIMIT, "the broker's memory alarm", || async {
+            rabbitmqctl(&["eval", "rabbit_alarm:get_alarms()."]).contains("memory")
+        })
+        .await;
+        alarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", &self.original])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_memory_alarm_exits_in_time_and_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _serial = SERIAL.lock().await;
+    let n = 40;
+    // Answers 503 until told otherwise: every event needs a republish, which the alarm blocks.
+    let up = Arc::new(AtomicBool::new(false));
+    let u = up.clone();
+    let receiver = Server::start(move |_, _| {
+        Reply::status(if u.load(Ordering::SeqCst) { 200 } else { 503 })
+            .after(Duration::from_millis(200))
+    })
+    .await;
+    let env = Env::new("alarm");
+    let yaml = env.yaml(
+        "  initial_delay: 100ms\n  max_delay: 1s\n  max_attempts: 50\n",
+        &format!(
+            "{}    circuit_breaker: {{failures: 0}}\n",
+            profile(&receiver.url("/"))
+        ),
+    );
+    env.config(&yaml);
+    publish_load(&env, n, "al").await; // before the alarm: it blocks publishers
+    let mut worker = Process::spawn(&yaml, "info");
+    receiver.wait_for(5, LIMIT).await;
+    let alarm = MemoryAlarm::raise().await;
+    receiver.wait_for(n, LIMIT).await; // every event attempted; none can be republished
+    let t0 = Instant::now();
+    worker.signal("TERM");
+    let status = worker.child.wait().unwrap();
+    let took = t0.elapsed();
+    println!("memory alarm: SIGTERM -> exited {status} after {took:?}");
+    assert!(status.success(), "{status}; logs:\n{}", worker.logs());
+    assert!(
+        took < Duration::from_secs(5 + 5),
+        "bounded by delivery.timeout (5 s) plus a few seconds: {took:?}"
+    );
+    drop(alarm);
+    up.store(true, Ordering::SeqCst);
+    let restarted = Process::spawn(&yaml, "warn");
+    wait_until(LIMIT, "every event delivered after the restart", || async {
+        let delivered: std::collections::HashSet<String> = receiver
+            .all()
+            .iter()
+            .filter(|r| r.at > t0)
+            .map(|r| r.header("webhook-id").unwrap())
+            .collect();
+        delivered.len() == n
+    })
+    .await;
+    drop(restarted);
+    assert!(env.dead_letters().await.is_empty(), "nothing dead-lettered");
+}

@@ -2,12 +2,16 @@
 //! now, may wait for a moment in memory, or must be deferred.
 //!
 //! Design decisions:
-//! - The checks run in the order that costs the least when they fail: breaker, concurrency,
-//!   then the rate limit (taking a rate token only for an attempt that will happen).
-//! - An event waits in memory only while its profile holds no more than its fair share of the
-//!   prefetch window (`prefetch / profiles with events in hand`) and only when the expected
-//!   wait is under a second; it never waits longer than that second. Otherwise it is deferred
-//!   with the expected wait (at least 1 s), which picks its delay queue.
+//! - The checks run in this order: a concurrency slot (which may mean waiting), the breaker
+//!   (which may have opened meanwhile), then the rate limit (taking a rate token only for an
+//!   attempt that will happen).
+//! - An event waits in memory only when the expected wait is under a second, and only while
+//!   its profile holds no more than its fair share of the prefetch window (`prefetch /
+//!   profiles with events in hand`) unless the wait is very short ([`SHORT_WAIT`]): a fast
+//!   endpoint's events turn over in milliseconds, and deferring them because a quiet profile
+//!   has one event in hand would only churn. A waiting event looks at its expected wait
+//!   again every [`RECHECK`] and never waits past the second. Otherwise it is deferred with
+//!   the expected wait (at least 1 s), which picks its delay queue.
 //! - The expected wait for a concurrency slot is the profile's typical attempt time times its
 //!   place in line. The typical time is the larger of a moving average of finished attempts
 //!   and how long the profile has gone without finishing any while attempts were out: a
@@ -30,6 +34,10 @@ use crate::metrics::DeferReason;
 
 /// The longest an event waits in memory before it is deferred.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
+/// A wait this short may be waited in memory even beyond the profile's fair share.
+pub const SHORT_WAIT: Duration = Duration::from_millis(50);
+/// How often a waiting event looks again at its expected wait.
+const RECHECK: Duration = Duration::from_millis(20);
 
 type Bucket = RateLimiter<
     governor::state::NotKeyed,
@@ -49,19 +57,42 @@ pub struct Window {
     pub prefetch: usize,
     /// Profiles with at least one event in hand.
     active: AtomicUsize,
+    /// The most profiles seen with events in hand within the last [`RECENT`], and when that
+    /// was last confirmed. A profile whose events the broker cannot send because the window is
+    /// full holds none for a moment; it still needs its share.
+    peak: AtomicUsize,
+    peak_at_us: AtomicU64,
 }
+
+/// How long a profile that had events in hand still counts for the fair share.
+const RECENT: Duration = Duration::from_secs(1);
 
 impl Window {
     pub fn new(prefetch: usize) -> Self {
         Self {
             prefetch,
             active: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            peak_at_us: AtomicU64::new(0),
         }
     }
 
-    /// One profile's fair share of the window, at least 1.
+    /// A profile's fair share: `prefetch / profiles with events in hand` (counting those that
+    /// had some within the last second), at least 1.
     pub fn share(&self) -> usize {
-        (self.prefetch / self.active.load(Ordering::Relaxed).max(1)).max(1)
+        let now = micros(Instant::now());
+        let active = self.active.load(Ordering::Relaxed);
+        let peak = self.peak.load(Ordering::Relaxed);
+        let stale =
+            now.saturating_sub(self.peak_at_us.load(Ordering::Relaxed)) > RECENT.as_micros() as u64;
+        let profiles = if active >= peak || stale {
+            self.peak.store(active, Ordering::Relaxed);
+            self.peak_at_us.store(now, Ordering::Relaxed);
+            active
+        } else {
+            peak
+        };
+        (self.prefetch / profiles.max(1)).max(1)
     }
 }
 
@@ -260,8 +291,14 @@ impl Gate {
         self.breaker.lock().expect("breaker lock").is_open()
     }
 
-    fn within_share(&self, window: &Window) -> bool {
-        self.stats.in_hand.load(Ordering::Relaxed) <= window.share()
+    /// How much longer an event that started waiting at `since` may wait in memory: up to
+    /// [`MAX_WAIT`] while its profile is within its fair share of the window, else up to
+    /// [`SHORT_WAIT`] (a fast endpoint's events turn over in milliseconds and hold the window
+    /// no longer than if they had gone at once; deferring them would only churn).
+    fn left(&self, window: &Window, since: tokio::time::Instant) -> Duration {
+        let within = self.stats.in_hand.load(Ordering::Relaxed) <= window.share();
+        let budget = if within { MAX_WAIT } else { SHORT_WAIT };
+        (since + budget).saturating_duration_since(tokio::time::Instant::now())
     }
 
     /// Wait (within the rules above) for leave to attempt, or say why not.
@@ -270,11 +307,8 @@ impl Gate {
         window: &Window,
         shutdown: &CancellationToken,
     ) -> Result<Pass, Refusal> {
-        let deadline = tokio::time::Instant::now() + MAX_WAIT;
-        let may_wait = |wait: Duration| {
-            wait < deadline.saturating_duration_since(tokio::time::Instant::now())
-                && self.within_share(window)
-        };
+        let since = tokio::time::Instant::now();
+        let may_wait = |wait: Duration| wait < self.left(window, since);
         let defer = |reason, wait: Duration| Refusal::Defer {
             reason,
             wait: wait.max(MAX_WAIT),
@@ -286,7 +320,32 @@ impl Gate {
             }
         };
 
-        // 1. The breaker.
+        // 1. A concurrency slot, waiting for it while the expected wait allows.
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let _counted = Counted::new(&self.stats.waiting);
+                let acquire = self.slots.clone().acquire_owned();
+                tokio::pin!(acquire); // keeps this event's place in line across rechecks
+                loop {
+                    let ahead = self.stats.waiting.load(Ordering::Relaxed).saturating_sub(1);
+                    let typical = self.stats.typical(Instant::now());
+                    let wait = expected_wait(typical, ahead, self.limit);
+                    if !may_wait(wait) {
+                        return Err(defer(DeferReason::Concurrency, wait));
+                    }
+                    let look_again =
+                        tokio::time::Instant::now() + self.left(window, since).min(RECHECK);
+                    tokio::select! {
+                        slot = &mut acquire => break slot.expect("never closed"),
+                        () = tokio::time::sleep_until(look_again) => {}
+                        () = shutdown.cancelled() => return Err(Refusal::Shutdown),
+                    }
+                }
+            }
+        };
+
+        // 2. The breaker, once the slot is ours: it may have opened while we waited.
         let probe = loop {
             let admit = self
                 .breaker
@@ -305,35 +364,6 @@ impl Gate {
             }
         };
         let mut probe_guard = ProbeGuard(probe.then_some(&*self.breaker));
-
-        // 2. A concurrency slot.
-        let slot = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                let ahead = self.stats.waiting.load(Ordering::Relaxed);
-                let wait = expected_wait(self.stats.typical(Instant::now()), ahead, self.limit);
-                if !may_wait(wait) {
-                    return Err(defer(DeferReason::Concurrency, wait));
-                }
-                let counted = Counted::new(&self.stats.waiting);
-                let got = tokio::select! {
-                    slot = self.slots.clone().acquire_owned() => Some(slot.expect("never closed")),
-                    () = tokio::time::sleep_until(deadline) => None,
-                    () = shutdown.cancelled() => return Err(Refusal::Shutdown),
-                };
-                drop(counted);
-                match got {
-                    Some(slot) => slot,
-                    None => {
-                        let typical = self.stats.typical(Instant::now());
-                        return Err(defer(
-                            DeferReason::Concurrency,
-                            expected_wait(typical, ahead, self.limit),
-                        ));
-                    }
-                }
-            }
-        };
 
         // 3. The rate limit.
         if let Some((limit, bucket)) = &self.rate {

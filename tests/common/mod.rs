@@ -101,6 +101,9 @@ type Script = dyn Fn(usize, &Recorded) -> Reply + Send + Sync;
 pub struct Server {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Requests being answered now, and the most there ever were at once.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Server {
@@ -118,12 +121,26 @@ impl Server {
         listener: tokio::net::TcpListener,
         script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
     ) -> Server {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let script: Arc<Script> = Arc::new(script);
         let recs = requests.clone();
+        let in_flight: Arc<AtomicUsize> = Arc::default();
+        let max_in_flight: Arc<AtomicUsize> = Arc::default();
+        let (inf, maxf) = (in_flight.clone(), max_in_flight.clone());
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
             let (recs, script) = (recs.clone(), script.clone());
+            let (inf, maxf) = (inf.clone(), maxf.clone());
             async move {
+                let now = inf.fetch_add(1, Ordering::SeqCst) + 1;
+                maxf.fetch_max(now, Ordering::SeqCst);
+                struct Done(Arc<AtomicUsize>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _done = Done(inf);
                 let (parts, body) = req.into_parts();
                 let body = axum::body::to_bytes(body, usize::MAX)
                     .await
@@ -157,7 +174,12 @@ impl Server {
         });
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Server { addr, requests }
+        Server {
+            addr,
+            requests,
+            in_flight,
+            max_in_flight,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -166,6 +188,14 @@ impl Server {
 
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
+    }
+
+    pub fn now_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn most_in_flight(&self) -> usize {
+        self.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn all(&self) -> Vec<Recorded> {

@@ -1,0 +1,305 @@
+//! Endpoint protection (SPEC section 9): one customer's slow, rate-limiting or failing endpoint
+//! never holds back another's, and no event is lost or spends an attempt because of it. Real
+//! RabbitMQ, real HTTP receivers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn profile(id: &str, url: &str, extra: &str) -> String {
+    format!("  - id: {id}\n    url: \"{url}\"\n{extra}")
+}
+
+fn ids(server: &Server) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in server.all() {
+        *m.entry(r.header("webhook-id").unwrap()).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_profile_never_holds_back_a_healthy_one() {
+    // The issue's scenario: one endpoint answers just before the timeout, one at once,
+    // events interleaved 1:1, delivery.concurrency 32, prefetch 64.
+    let hanging = Server::start(|_, _| Reply::status(200).after(Duration::from_millis(2500))).await;
+    let healthy = Server::start(|_, _| Reply::status(200)).await;
+    let env = Env::new("hang");
+    let yaml = env
+        .yaml(
+            "  initial_delay: 200ms\n  max_delay: 10s\n",
+            &format!(
+                "{}{}",
+                profile("hang", &hanging.url("/"), ""),
+                profile("ok", &healthy.url("/"), "")
+            ),
+        )
+        .replace("concurrency: 64", "concurrency: 32")
+        .replace("timeout: 5s", "timeout: 3s");
+    let worker = env.start(env.config(&yaml)).await;
+    let (n_hang, n_ok) = (40, 200);
+    env.publish_many(n_hang + n_ok, |i| {
+        let (p, id) = if i % 2 == 0 && i / 2 < n_hang {
+            ("hang", format!("hang-{}", i / 2))
+        } else {
+            ("ok", format!("ok-{i}"))
+        };
+        (event_props(Some(p), &id), b"{}".to_vec())
+    })
+    .await;
+    worker.wait_delivered("ok", n_ok).await;
+    let hang_delivered = worker.metrics().await.deliveries("hang", "delivered");
+    println!(
+        "hanging beside healthy: {n_ok} healthy delivered while {} of {n_hang} hanging were delivered and {} were at the hanging endpoint",
+        hang_delivered,
+        hanging.now_in_flight()
+    );
+    assert!(
+        hang_delivered < n_hang as f64 && hanging.count() > 0,
+        "the healthy profile finished while the hanging one was still busy"
+    );
+    assert!(
+        hanging.most_in_flight() <= 8,
+        "at most per_profile_concurrency (32/4 = 8) attempts at once: {}",
+        hanging.most_in_flight()
+    );
+    // Nothing is lost or dead-lettered: the hanging profile's events are all delivered in time,
+    // each once, without spending an attempt on waiting.
+    wait_until(LIMIT, "every hanging event delivered", || async {
+        ids(&hanging).len() == n_hang
+    })
+    .await;
+    let m = worker.metrics().await;
+    assert!(ids(&hanging).values().all(|&n| n == 1), "no duplicates");
+    assert!(
+        m.value(
+            "callback_dispatcher_deferrals_total",
+            &[("profile", "hang"), ("reason", "concurrency")]
+        ) > 0.0,
+        "events over the hanging profile's share were deferred"
+    );
+    assert_eq!(m.deliveries("hang", "retry_scheduled"), 0.0);
+    assert_eq!(
+        m.value(
+            "callback_dispatcher_deferrals_total",
+            &[("profile", "ok"), ("reason", "concurrency")]
+        ),
+        0.0,
+        "the healthy profile never churned through delay queues"
+    );
+    assert!(env.dead_letters().await.is_empty());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_profile_never_exceeds_its_limit_plus_burst() {
+    let receiver = Server::start(|_, _| Reply::status(204)).await;
+    let env = Env::new("rate");
+    let worker = env
+        .start(env.config(&env.yaml(
+            "  max_attempts: 1\n",
+            &profile("r", &receiver.url("/"), "    rate_limit: 5/s\n"),
+        )))
+        .await;
+    let n = 25;
+    env.publish_many(n, |i| {
+        (event_props(Some("r"), &format!("r-{i}")), b"{}".to_vec())
+    })
+    .await;
+    worker.wait_delivered("r", n).await;
+    let at: Vec<Instant> = receiver.all().iter().map(|r| r.at).collect();
+    // In any one second: at most the limit plus the burst (5 + 5).
+    let most = at
+        .iter()
+        .map(|start| {
+            at.iter()
+                .filter(|t| **t >= *start && **t < *start + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    let span = *at.iter().max().unwrap() - *at.iter().min().unwrap();
+    let m = worker.metrics().await;
+    let deferred = m.value(
+        "callback_dispatcher_deferrals_total",
+        &[("profile", "r"), ("reason", "rate_limit")],
+    );
+    println!(
+        "rate 5/s: {n} delivered over {span:?}, at most {most} in any second, {deferred} deferrals"
+    );
+    assert!(most <= 10, "{most} attempts in one second");
+    assert!(
+        span >= Duration::from_millis(3500),
+        "25 at 5/s after a burst of 5: {span:?}"
+    );
+    assert_eq!(ids(&receiver).len(), n);
+    assert!(deferred > 0.0, "events waiting over a second were deferred");
+    // max_attempts is 1: a deferral that spent an attempt would have dead-lettered the event.
+    assert!(env.dead_letters().await.is_empty());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_events_keep_x_attempt_and_carry_x_deferrals() {
+    let receiver = Server::start(|_, _| Reply::status(400)).await;
+    let env = Env::new("deferhdr");
+    let worker = env
+        .start(env.config(&env.yaml(
+            "  max_attempts: 1\n",
+            &profile("d", &receiver.url("/"), "    rate_limit: 1/s\n"),
+        )))
+        .await;
+    let n = 5;
+    env.publish_many(n, |i| {
+        (event_props(Some("d"), &format!("d-{i}")), b"{}".to_vec())
+    })
+    .await;
+    let dead = env.wait_dead(n, LIMIT).await;
+    let mut deferrals = Vec::new();
+    for d in &dead {
+        assert_eq!(
+            header_text(d, "x-dead-reason").as_deref(),
+            Some("permanent_status")
+        );
+        assert_eq!(header_int(d, "x-attempt"), Some(1), "one real attempt each");
+        deferrals.push(header_int(d, "x-deferrals").unwrap_or(0));
+    }
+    println!("x-deferrals of the {n} events: {deferrals:?}");
+    // 1/s, burst 1: the first goes at once, the second waits under a second in memory, the
+    // rest would wait longer and are deferred.
+    assert!(
+        deferrals.iter().filter(|&&d| d >= 1).count() >= n - 2,
+        "the events that had to wait over a second waited in a delay queue: {deferrals:?}"
+    );
+    assert_eq!(receiver.count(), n, "each event attempted exactly once");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_stops_attempts_probes_and_closes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = healthy.clone();
+    let receiver =
+        Server::start(move |_, _| Reply::status(if h.load(Ordering::SeqCst) { 200 } else { 503 }))
+            .await;
+    let env = Env::new("breaker");
+    let yaml = env.yaml(
+        "  max_attempts: 10\n  initial_delay: 100ms\n  max_delay: 1s\n",
+        &profile(
+            "b",
+            &receiver.url("/"),
+            "    concurrency: 1\n    circuit_breaker: {failures: 3, open_for: 2s}\n",
+        ),
+    );
+    env.config(&yaml);
+    let worker = Process::spawn(&yaml, "info");
+    worker.wait_ready().await;
+    let n = 6;
+    env.publish_many(n, |i| {
+        (event_props(Some("b"), &format!("b-{i}")), b"{}".to_vec())
+    })
+    .await;
+    let gauge = || async {
+        worker.get("/metrics").await.map(|(_, t)| {
+            Metrics::parse(&t).value("callback_dispatcher_circuit_open", &[("profile", "b")])
+        })
+    };
+    // Three failures open it; the probe 2 s later fails and re-opens it.
+    receiver.wait_for(4, LIMIT).await;
+    assert_eq!(gauge().await, Some(1.0), "open or probing");
+    healthy.store(true, Ordering::SeqCst);
+    wait_until(LIMIT, "all delivered", || async {
+        worker
+            .get("/metrics")
+            .await
+            .is_some_and(|(_, t)| Metrics::parse(&t).deliveries("b", "delivered") == n as f64)
+    })
+    .await;
+    assert_eq!(gauge().await, Some(0.0), "closed by the successful probe");
+    let all = receiver.all();
+    let gap = |a: usize, b: usize| all[b].at - all[a].at;
+    println!(
+        "breaker: 3 failures, probe after {:?}, second probe after {:?}, then {} requests",
+        gap(2, 3),
+        gap(3, 4),
+        all.len() - 4
+    );
+    assert!(
+        gap(2, 3) >= Duration::from_millis(1900),
+        "no attempt while open: {:?}",
+        gap(2, 3)
+    );
+    assert!(
+        gap(3, 4) >= Duration::from_millis(1900),
+        "re-opened after a failed probe: {:?}",
+        gap(3, 4)
+    );
+    let text = worker.get("/metrics").await.unwrap().1;
+    let m = Metrics::parse(&text);
+    assert!(
+        m.value(
+            "callback_dispatcher_deferrals_total",
+            &[("profile", "b"), ("reason", "circuit_open")]
+        ) > 0.0
+    );
+    assert_eq!(m.deliveries("b", "delivered"), n as f64);
+    let logs = worker.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("circuit breaker opened")
+            && l.contains("profile=\"b\"")
+            && l.contains("HTTP 503")),
+        "a warn line with the profile and the last error:\n{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("INFO") && l.contains("circuit breaker closed"))
+    );
+    assert!(env.dead_letters().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_older_than_max_age_is_dead_lettered_without_a_request() {
+    let receiver = Server::start(|_, _| Reply::status(200)).await;
+    let env = Env::new("old");
+    let worker = env
+        .start(env.config(&env.yaml("  max_age: 1h\n", &profile("o", &receiver.url("/"), ""))))
+        .await;
+    let two_hours_ago = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 7200;
+    env.publish_many(1, move |_| {
+        (
+            event_props(Some("o"), "old-1").with_timestamp(two_hours_ago),
+            b"{}".to_vec(),
+        )
+    })
+    .await;
+    env.publish(Some("o"), "young-1", b"{}").await;
+    let dead = env.wait_dead(1, LIMIT).await;
+    worker.wait_delivered("o", 1).await;
+    assert_eq!(
+        header_text(&dead[0], "x-dead-reason").as_deref(),
+        Some("expired")
+    );
+    assert_eq!(header_int(&dead[0], "x-attempt"), Some(0));
+    assert_eq!(
+        receiver
+            .all()
+            .iter()
+            .map(|r| r.header("webhook-id").unwrap())
+            .collect::<Vec<_>>(),
+        vec!["young-1"],
+        "the old event was never sent"
+    );
+    worker.stop().await.unwrap();
+}
