@@ -67,6 +67,26 @@ fn check_config_prints_a_summary_or_every_error() {
     }
 }
 
+#[test]
+fn check_config_warns_about_literal_hosts_the_network_guard_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        &dir,
+        "delivery: {allow_networks: [10.20.0.0/16]}\nprofiles:\n  - {id: meta, url: \"http://169.254.169.254/latest\"}\n  - {id: ok, url: \"http://10.20.1.2/hook\", auth: {type: oauth2, url: \"http://[::1]:8080/token\", client_id: c, client_secret: s}}\n  - {id: named, url: \"https://hooks.example/\"}\n",
+    );
+    let o = bin(&["check-config"], &config);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "valid, with warnings: {out}{err}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "warning: profiles[0].url: 169.254.169.254 is link-local (169.254.0.0/16, cloud metadata), which the network guard blocks (allow it with delivery.allow_networks); every callback to it will be refused",
+            "warning: profiles[1].auth.url: ::1 is loopback (::1), which the network guard blocks (allow it with delivery.allow_networks); every token request to it will be refused",
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_command_shows_scheme_expiry_and_a_redacted_token() {
     let auth = Server::start(|n, _| {

@@ -517,6 +517,39 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
         ),
         cb = receiver.url("/")
     );
+    // Key material: a private_key_jwt key, a TLS client key, an ed25519 signing seed.
+    let assertion_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let tls_key = rcgen::KeyPair::generate().unwrap();
+    let tls_cert = rcgen::CertificateParams::new(vec!["c".to_owned()])
+        .unwrap()
+        .self_signed(&tls_key)
+        .unwrap();
+    let seed = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("        {l}\n")).collect() };
+    let profiles = format!(
+        "{profiles}{}  - id: st-tls\n    url: \"{cb}\"\n    signing: {{secrets: [\"whsk_{seed}\"]}}\n    tls:\n      client_cert: |\n{}      client_key: |\n{}",
+        oauth_profile(
+            "o-pkj",
+            &receiver.url("/"),
+            &format!(
+                "      url: \"{}\"\n      client_id: c\n      client_auth: private_key_jwt\n      private_key: |\n{}",
+                auth.url("/t"),
+                indent(&assertion_key.serialize_pem())
+            )
+        ),
+        indent(&tls_cert.pem()),
+        indent(&tls_key.serialize_pem()),
+        cb = receiver.url("/")
+    );
+    let key_lines: Vec<String> = [assertion_key.serialize_pem(), tls_key.serialize_pem()]
+        .iter()
+        .flat_map(|pem| {
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let yaml = env.yaml("  max_attempts: 1\n", &profiles);
     env.config(&yaml);
     let worker = Process::spawn(&yaml, "trace");
@@ -529,10 +562,12 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
         "st-basic",
         "st-bearer",
         "st-key",
+        "o-pkj",
+        "st-tls",
     ] {
         env.publish(Some(p), &format!("{p}-1"), b"{\"x\":1}").await;
     }
-    receiver.wait_for(6, LIMIT).await;
+    receiver.wait_for(8, LIMIT).await;
     env.wait_dead(1, LIMIT).await;
     let logs = worker.logs();
     assert!(
@@ -571,8 +606,15 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
         &basic("u", "pw-SECRET-basic"),
         &basic("c", "cs-SECRET-basic"),
         "U0VDUkVU",
+        &seed,
     ] {
         assert!(!logs.contains(secret), "{secret:?} found in the trace logs");
+    }
+    for line in &key_lines {
+        assert!(
+            !logs.contains(line.as_str()),
+            "private key material found in the trace logs"
+        );
     }
 }
 

@@ -124,13 +124,17 @@ impl Config {
         let mut out = Vec::new();
         for (i, p) in self.profiles.iter().enumerate() {
             let urls = [
-                ("url", Some(&p.url)),
-                ("auth.url", p.auth.oauth2().map(|o| &o.url)),
+                ("url", Some(&p.url), "every callback"),
+                (
+                    "auth.url",
+                    p.auth.oauth2().map(|o| &o.url),
+                    "every token request",
+                ),
             ];
-            for (key, url) in urls {
+            for (key, url, what) in urls {
                 if let Some(Err(blocked)) = url.map(|u| guard.check_literal(u)) {
                     out.push(format!(
-                        "profiles[{i}].{key}: {blocked}; every callback to it will be refused"
+                        "profiles[{i}].{key}: {blocked}; {what} to it will be refused"
                     ));
                 }
             }

@@ -100,6 +100,7 @@ type Script = dyn Fn(usize, &Recorded) -> Reply + Send + Sync;
 #[derive(Clone)]
 pub struct Server {
     pub addr: SocketAddr,
+    pub scheme: &'static str,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     /// Requests being answered now, and the most there ever were at once.
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
@@ -121,6 +122,46 @@ impl Server {
         listener: tokio::net::TcpListener,
         script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
     ) -> Server {
+        let (app, server) = Self::app(listener.local_addr().unwrap(), "http", script);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        server
+    }
+
+    /// The same over TLS: `config` holds the server's certificate and, if it wants one, how
+    /// it verifies a client certificate. Handshakes that fail are dropped.
+    pub async fn start_tls(
+        config: rustls::ServerConfig,
+        script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Server {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (app, server) = Self::app(listener.local_addr().unwrap(), "https", script);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    fn app(
+        addr: SocketAddr,
+        scheme: &'static str,
+        script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
+    ) -> (axum::Router, Server) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let script: Arc<Script> = Arc::new(script);
@@ -172,18 +213,20 @@ impl Server {
                 resp
             }
         });
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Server {
-            addr,
-            requests,
-            in_flight,
-            max_in_flight,
-        }
+        (
+            app,
+            Server {
+                addr,
+                scheme,
+                requests,
+                in_flight,
+                max_in_flight,
+            },
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub fn count(&self) -> usize {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# What the test suite needs besides RabbitMQ: redis-server (the shared token cache's tests
+# start their own on a free port) and Authlib (a real OAuth 2.0 server implementation the
+# Basic-header test runs against). Installs what is missing: Debian/Ubuntu packages as root,
+# Authlib with pip. Idempotent.
+set -euo pipefail
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || return 1
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "ensure-test-tools: installing redis-server"
+  apt_install redis-server || { echo "ensure-test-tools: redis-server is missing; install Redis 6+" >&2; exit 1; }
+fi
+
+if ! python3 -c "import authlib" >/dev/null 2>&1; then
+  echo "ensure-test-tools: installing Authlib"
+  python3 -m pip install --quiet authlib >/dev/null 2>&1 \
+    || apt_install python3-authlib \
+    || { echo "ensure-test-tools: cannot install Authlib (pip install authlib)" >&2; exit 1; }
+fi
+echo "ensure-test-tools: redis-server and Authlib present"
