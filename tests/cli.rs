@@ -44,7 +44,7 @@ fn check_config_prints_a_summary_or_every_error() {
     let (out, _) = text(&ok);
     assert!(ok.status.success());
     assert!(
-        out.contains("ok: 7 profile(s) (3 with oauth2), queue callbacks"),
+        out.contains("ok: 8 profile(s) (3 with oauth2), queue callbacks"),
         "{out}"
     );
 

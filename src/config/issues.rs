@@ -71,10 +71,17 @@ pub(crate) fn parse_issue(e: &serde_saphyr::Error) -> Issue {
         .location()
         .filter(|l| l.line() > 0)
         .map(|l| (l.line(), l.column()));
+    // The location is given once, before the message: not again at its end.
+    let mut message = e.without_snippet().to_string();
+    if let Some(at) = message.rfind(" at line ")
+        && message[at..].contains(", column ")
+    {
+        message.truncate(at);
+    }
     Issue {
         path: String::new(),
         location,
-        message: e.without_snippet().to_string(),
+        message,
     }
 }
 

@@ -22,7 +22,7 @@ fn the_example_file_is_valid() {
         "/config/dispatcher.yaml"
     )))
     .unwrap();
-    assert_eq!(config.profiles.len(), 7);
+    assert_eq!(config.profiles.len(), 8);
     assert!(matches!(
         config.profiles.get("infobip").unwrap().auth,
         Auth::OAuth2(_)

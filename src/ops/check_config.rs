@@ -1,8 +1,9 @@
-//! `check-config`: load and validate; a one-line summary (and warnings), or every error.
+//! `check-config`: a valid file's one-line summary and warnings. (An invalid file never gets
+//! here: `main` prints every error from loading it.)
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 
 /// The report for a valid file: the summary, then one `warning:` line each.
 pub fn report(path: &Path, config: &Config) -> String {
@@ -11,9 +12,4 @@ pub fn report(path: &Path, config: &Config) -> String {
         out.push_str(&format!("warning: {w}\n"));
     }
     out
-}
-
-/// Load `path` and report on it; `Err` holds every error.
-pub fn check(path: &Path) -> Result<String, ConfigError> {
-    Config::load(path).map(|c| report(path, &c))
 }

@@ -609,6 +609,11 @@ pub fn verify_signature(secret: &str, r: &Recorded) -> bool {
 
 // ---------------------------------------------------------------- the worker as a process
 
+/// The YAML with `metrics.listen: 127.0.0.1:0` moved to `port`.
+pub fn with_listen(yaml: &str, port: u16) -> String {
+    yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
+}
+
 /// A free port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -634,9 +639,18 @@ impl Process {
 
     pub fn spawn_in(dir: Arc<tempfile::TempDir>, yaml: &str, rust_log: &str) -> Process {
         let port = free_port();
-        let yaml = yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
         let config = dir.path().join("dispatcher.yaml");
-        std::fs::write(&config, yaml).unwrap();
+        std::fs::write(&config, with_listen(yaml, port)).unwrap();
+        Self::spawn_at(dir, config, port, rust_log)
+    }
+
+    /// Run `callback-dispatcher run --config <config>`, whose `metrics.listen` is on `port`.
+    pub fn spawn_at(
+        dir: Arc<tempfile::TempDir>,
+        config: std::path::PathBuf,
+        port: u16,
+        rust_log: &str,
+    ) -> Process {
         let log = dir.path().join(format!("worker-{port}.log"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_callback-dispatcher"))
             .args(["run", "--config"])
@@ -652,6 +666,17 @@ impl Process {
             log,
             _dir: dir,
         }
+    }
+
+    /// The exposition from `/metrics`, parsed (empty if it does not answer).
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::parse(
+            &self
+                .get("/metrics")
+                .await
+                .map(|(_, t)| t)
+                .unwrap_or_default(),
+        )
     }
 
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -686,5 +711,62 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- Redis
+
+/// A `redis-server` of the test's own on a free port, nothing kept on disk; killed when
+/// dropped (scripts/ensure-test-tools.sh installs it).
+pub struct RedisServer {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/ensure-test-tools.sh installs it)");
+        let server = RedisServer { child, port };
+        wait_until(Duration::from_secs(10), "redis-server answers", || async {
+            server.connection().await.is_some()
+        })
+        .await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.ok()?;
+        (pong == "PONG").then_some(conn)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
