@@ -75,6 +75,7 @@ fn manifests_parse_and_name_what_they_should() {
         "k8s/deployment.yaml",
         "k8s/service.yaml",
         "k8s/keda.yaml",
+        "k8s/redis.yaml",
     ] {
         for doc in yaml_docs(f) {
             kinds.push(doc["kind"].as_str().unwrap().to_owned());
@@ -86,14 +87,18 @@ fn manifests_parse_and_name_what_they_should() {
         [
             "ConfigMap",
             "Deployment",
+            "Deployment",
             "ScaledObject",
             "Secret",
+            "Service",
             "Service",
             "ServiceMonitor",
             "TriggerAuthentication"
         ]
     );
     let dep = &yaml_docs("k8s/deployment.yaml")[0];
+    let mount = &dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0];
+    assert!(mount.get("subPath").is_none(), "a subPath mount never sees ConfigMap updates");
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -106,14 +111,22 @@ fn manifests_parse_and_name_what_they_should() {
 fn the_configmap_holds_a_valid_configuration() {
     let cm = &yaml_docs("k8s/configmap.yaml")[0];
     let text = cm["data"]["dispatcher.yaml"].as_str().unwrap();
-    let config = Config::from_yaml(text, Path::new("configmap"), |name| {
-        Some(match name {
-            "AMQP_URL" => "amqp://u:p@rabbitmq:5672/%2f".into(),
-            "ACME_SIGNING_SECRET" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            _ => "x".into(),
-        })
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let env = |redis: bool| {
+        move |name: &str| match name {
+            "AMQP_URL" => Some("amqp://u:p@rabbitmq:5672/%2f".into()),
+            "ACME_SIGNING_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            "REDIS_URL" | "TOKEN_CACHE_KEY" if !redis => None,
+            "REDIS_URL" => Some("redis://callback-dispatcher-redis:6379/0".into()),
+            "TOKEN_CACHE_KEY" => Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into()),
+            _ => Some("x".into()),
+        }
+    };
+    let without = Config::from_yaml(text, Path::new("configmap"), env(false))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(without.token_cache.is_none());
+    let config = Config::from_yaml(text, Path::new("configmap"), env(true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.token_cache.is_some(), "with REDIS_URL set, the shared cache is on");
     assert_eq!(config.metrics.listen.port(), 9464);
     let keda = &yaml_docs("k8s/keda.yaml")[1];
     assert_eq!(
@@ -135,7 +148,7 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
         exprs(&doc, &mut all);
     }
     assert!(
-        dashboard_count >= 6 && all.len() >= dashboard_count + 4,
+        dashboard_count >= 9 && all.len() >= dashboard_count + 7,
         "{all:?}"
     );
     let mut used = BTreeSet::new();
@@ -151,7 +164,7 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
         }
     }
     assert!(
-        used.len() >= 7,
+        used.len() >= 11,
         "the dashboard covers the metrics: {used:?}"
     );
 }
