@@ -3,20 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Tls;
 use crate::guard::{Blocked, Guard, Resolver};
 
 /// A client for callbacks and auth requests.
 ///
 /// Redirects are never followed: a callback or auth URL that redirects is a misconfiguration,
 /// and following it would send signed bodies and credentials to another host. Proxies from
-/// the environment are ignored (the network guard must see every address). `tls` adds a
-/// client certificate and an extra trust root for one profile.
+/// the environment are ignored (the network guard must see every address). `identity` is a
+/// profile's client certificate, `roots` trust roots it adds to the system's.
 pub fn client(
     connect_timeout: Duration,
     timeout: Duration,
     guard: &Guard,
-    tls: Option<&Tls>,
+    identity: Option<reqwest::Identity>,
+    roots: Vec<reqwest::Certificate>,
 ) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -27,11 +27,11 @@ pub fn client(
         .user_agent(concat!("callback-dispatcher/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true);
-    if let Some(tls) = tls {
-        b = b.tls_certs_merge(tls.roots());
-        if let Some(identity) = tls.identity() {
-            b = b.identity(identity);
-        }
+    if !roots.is_empty() {
+        b = b.tls_certs_merge(roots);
+    }
+    if let Some(identity) = identity {
+        b = b.identity(identity);
     }
     b.build()
         .expect("the TLS backend initialises; TLS material was checked at load")

@@ -98,7 +98,10 @@ fn manifests_parse_and_name_what_they_should() {
     );
     let dep = &yaml_docs("k8s/deployment.yaml")[0];
     let mount = &dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0];
-    assert!(mount.get("subPath").is_none(), "a subPath mount never sees ConfigMap updates");
+    assert!(
+        mount.get("subPath").is_none(),
+        "a subPath mount never sees ConfigMap updates"
+    );
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -126,7 +129,10 @@ fn the_configmap_holds_a_valid_configuration() {
     assert!(without.token_cache.is_none());
     let config = Config::from_yaml(text, Path::new("configmap"), env(true))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(config.token_cache.is_some(), "with REDIS_URL set, the shared cache is on");
+    assert!(
+        config.token_cache.is_some(),
+        "with REDIS_URL set, the shared cache is on"
+    );
     assert_eq!(config.metrics.listen.port(), 9464);
     let keda = &yaml_docs("k8s/keda.yaml")[1];
     assert_eq!(

@@ -6,6 +6,7 @@
 //! ([`shared`]).
 
 pub mod assertion;
+pub mod fetch;
 pub mod oauth2;
 pub mod shared;
 pub mod slot;

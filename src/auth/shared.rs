@@ -23,12 +23,11 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::KeyInit;
 use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 
+use super::fetch::{Source, fetch};
 use super::oauth2::{AuthError, Token};
-use super::slot::{Source, fetch};
-use crate::config::TokenCacheConfig;
 
 /// No Redis call waits longer than this.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -75,10 +74,12 @@ enum Failure {
 impl SharedTokens {
     /// Connects lazily: nothing here waits for Redis. Must be called inside the runtime.
     pub fn new(
-        config: &TokenCacheConfig,
+        redis_url: &SecretString,
+        key_prefix: &str,
+        encryption_key: &SecretSlice<u8>,
         errors: prometheus::IntCounter,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(config.redis.expose_secret())?;
+        let client = redis::Client::open(redis_url.expose_secret())?;
         let manager = client.get_connection_manager_lazy(
             redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CALL_TIMEOUT))
@@ -86,10 +87,10 @@ impl SharedTokens {
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_secs(1)),
         )?;
-        let key = config.encryption_key.expose_secret();
+        let key = encryption_key.expose_secret();
         Ok(Self {
             redis: manager,
-            key_prefix: config.key_prefix.clone(),
+            key_prefix: key_prefix.to_owned(),
             cipher: Aes256Gcm::new_from_slice(key).expect("validated: 32 bytes"),
             naming: <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key"),
             errors,

@@ -13,27 +13,14 @@
 //!   when this replica has no fresh token.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use super::oauth2::{AuthError, OAuth2, Token};
+use super::fetch::{Source, fetch};
+use super::oauth2::{AuthError, Token};
 use super::shared::SharedTokens;
-use crate::metrics::{ProfileMetrics, TokenOutcome};
-
-/// Everything a fetch needs: the profile's settings, its HTTP client and its series.
-pub struct Source<'a> {
-    pub profile: &'a str,
-    pub oauth: &'a OAuth2,
-    pub client: &'a reqwest::Client,
-    pub metrics: &'a ProfileMetrics,
-    pub shared: Option<&'a SharedTokens>,
-    /// How long one auth request may take (the profile's timeout).
-    pub timeout: Duration,
-    /// The network guard's refusal of the auth URL's literal host, found at build time.
-    pub blocked: Option<&'a str>,
-}
 
 pub struct TokenSlot {
     current: ArcSwapOption<Token>,
@@ -103,7 +90,11 @@ impl TokenSlot {
     }
 
     /// A token for one attempt: the cached one, or one fetched once for everybody waiting.
-    pub async fn get(&self, src: &Source<'_>) -> Result<Arc<Token>, Arc<AuthError>> {
+    pub async fn get(
+        &self,
+        src: &Source<'_>,
+        shared: Option<&SharedTokens>,
+    ) -> Result<Arc<Token>, Arc<AuthError>> {
         if let Some(t) = self.fresh() {
             src.metrics.token_cache_hit();
             return Ok(t);
@@ -134,7 +125,7 @@ impl TokenSlot {
             slot: self,
             result: None,
         };
-        let result = match src.shared {
+        let result = match shared {
             Some(shared) => shared.token(src).await,
             None => fetch(src).await.map(|t| (t, false)),
         };
@@ -152,38 +143,13 @@ impl TokenSlot {
     }
 
     /// Drop `used` after the callback URL answered 401, unless it was already replaced.
-    pub async fn reject(&self, used: &Arc<Token>, src: &Source<'_>) {
+    pub async fn reject(&self, used: &Arc<Token>, src: &Source<'_>, shared: Option<&SharedTokens>) {
         self.current.rcu(|cur| match cur {
             Some(c) if Arc::ptr_eq(c, used) => None,
             other => other.clone(),
         });
-        if let (Some(shared), Some(stored)) = (src.shared, &used.stored) {
+        if let (Some(shared), Some(stored)) = (shared, &used.stored) {
             shared.reject(src, stored).await;
         }
     }
-}
-
-/// One request to the auth server, counted and logged (never the secret or the token).
-pub async fn fetch(src: &Source<'_>) -> Result<Token, AuthError> {
-    let result = match src.blocked {
-        Some(why) => Err(AuthError::Blocked(why.to_owned())),
-        None => src.oauth.fetch(src.client).await,
-    };
-    let outcome = match &result {
-        Ok(token) => {
-            let expires_in = token
-                .expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .as_secs();
-            tracing::info!(profile = src.profile, outcome = "success", scheme = %token.scheme, expires_in_s = expires_in, "auth token fetched");
-            TokenOutcome::Success
-        }
-        Err(err) => {
-            tracing::warn!(profile = src.profile, outcome = "failure", error = %err, "auth token request failed");
-            TokenOutcome::Failure
-        }
-    };
-    src.metrics.token_request(outcome);
-    result
 }

@@ -36,7 +36,11 @@ pub async fn token(config: &Config, profile_id: &str) -> anyhow::Result<String> 
     if let Err(blocked) = guard.check_literal(&oauth.url) {
         bail!("profile {profile_id}: token request to {target} refused: {blocked}");
     }
-    let client = http::client(d.connect_timeout, d.timeout, &guard, profile.tls.as_ref());
+    let (identity, roots) = profile
+        .tls
+        .as_ref()
+        .map_or((None, Vec::new()), |t| (t.identity(), t.roots()));
+    let client = http::client(d.connect_timeout, d.timeout, &guard, identity, roots);
     match oauth.fetch(&client).await {
         Ok(t) => Ok(report(profile_id, &t)),
         Err(e) => {

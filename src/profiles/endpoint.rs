@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::fetch::Source;
 use crate::auth::shared::SharedTokens;
-use crate::auth::slot::Source;
 use crate::auth::{Auth, AuthError, Credential, Token, TokenSlot};
 use crate::config::Profile;
 use crate::metrics::ProfileMetrics;
@@ -44,7 +44,6 @@ impl Endpoint {
             oauth,
             client: &self.client,
             metrics: &self.metrics,
-            shared: self.shared.as_deref(),
             timeout: self.timeout,
             blocked: self.auth_blocked.as_deref(),
         })
@@ -61,7 +60,7 @@ impl Endpoint {
             })),
             Auth::OAuth2(_) => {
                 let src = self.source().expect("an oauth2 profile");
-                let token = self.tokens.get(&src).await?;
+                let token = self.tokens.get(&src, self.shared.as_deref()).await?;
                 Ok(Some(Credential {
                     header: reqwest::header::AUTHORIZATION,
                     value: token.header.clone(),
@@ -74,7 +73,7 @@ impl Endpoint {
     /// The callback URL answered 401 to `used`.
     pub async fn reject(&self, used: &Arc<Token>) {
         if let Some(src) = self.source() {
-            self.tokens.reject(used, &src).await;
+            self.tokens.reject(used, &src, self.shared.as_deref()).await;
         }
     }
 

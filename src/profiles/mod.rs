@@ -13,6 +13,7 @@
 pub mod breaker;
 pub mod endpoint;
 pub mod gate;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use endpoint::Endpoint;
-pub use gate::Window;
+pub use window::Window;
 
 use crate::auth::TokenSlot;
 use crate::auth::shared::SharedTokens;
@@ -75,10 +76,15 @@ impl Registry {
     /// connects lazily from there).
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
         let shared = config.token_cache.as_ref().and_then(|tc| {
-            SharedTokens::new(tc, metrics.token_cache_errors.clone())
-                .map_err(|e| tracing::warn!(error = %e, "shared token cache disabled"))
-                .ok()
-                .map(Arc::new)
+            SharedTokens::new(
+                &tc.redis,
+                &tc.key_prefix,
+                &tc.encryption_key,
+                metrics.token_cache_errors.clone(),
+            )
+            .map_err(|e| tracing::warn!(error = %e, "shared token cache disabled"))
+            .ok()
+            .map(Arc::new)
         });
         let first = build(config, None, &metrics, shared.as_ref());
         Self {
@@ -133,7 +139,11 @@ fn build(
                     .filter(|_| same_clients)
                     .and_then(|prev| prev.clients.get(&key).cloned())
                     .unwrap_or_else(|| {
-                        crate::http::client(d.connect_timeout, d.timeout, &guard, p.tls.as_ref())
+                        let (identity, roots) = p
+                            .tls
+                            .as_ref()
+                            .map_or((None, Vec::new()), |t| (t.identity(), t.roots()));
+                        crate::http::client(d.connect_timeout, d.timeout, &guard, identity, roots)
                     })
             })
             .clone()

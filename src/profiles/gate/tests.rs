@@ -1,0 +1,106 @@
+use super::*;
+
+#[test]
+fn expected_wait_table() {
+    let ms = Duration::from_millis;
+    for (typical, ahead, slots, want) in [
+        (ms(0), 100, 8, ms(0)),
+        (ms(1), 0, 64, ms(1)),
+        (ms(1), 192, 64, ms(4)),
+        (ms(300), 8, 8, ms(600)),
+        (ms(300), 7, 8, ms(300)),
+        (ms(4500), 0, 8, ms(4500)),
+        (ms(100), 5, 0, ms(600)), // no slots is read as one
+    ] {
+        assert_eq!(
+            expected_wait(typical, ahead, slots),
+            want,
+            "{typical:?} {ahead} {slots}"
+        );
+    }
+}
+
+fn gate(limit: usize, rate: Option<&str>, failures: u32) -> Gate {
+    Gate::new(
+        limit,
+        rate.map(|r| RateLimit::parse(r).unwrap()),
+        BreakerSettings {
+            failures,
+            open_for: Duration::from_secs(30),
+        },
+        None,
+    )
+}
+
+#[tokio::test]
+async fn the_bucket_lets_a_burst_of_one_seconds_worth_through_then_defers() {
+    let g = gate(100, Some("5/s"), 0);
+    let window = Arc::new(Window::new(1000));
+    let stop = CancellationToken::new();
+    let _hold = g.hold(&window);
+    let mut passes = Vec::new();
+    for _ in 0..5 {
+        passes.push(g.admit(&window, &stop).await.expect("within the burst"));
+    }
+    // The 6th would wait 200 ms: within a second and within its share, so it waits.
+    let started = Instant::now();
+    passes.push(g.admit(&window, &stop).await.expect("after a wait"));
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn a_slow_rate_is_deferred_at_once_with_its_wait() {
+    let g = gate(100, Some("1/m"), 0);
+    let window = Arc::new(Window::new(1000));
+    let stop = CancellationToken::new();
+    let _hold = g.hold(&window);
+    let _first = g.admit(&window, &stop).await.unwrap();
+    match g.admit(&window, &stop).await {
+        Err(Refusal::Defer {
+            reason: DeferReason::RateLimit,
+            wait,
+        }) => assert!(wait > Duration::from_secs(55), "{wait:?}"),
+        other => panic!("{:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn over_its_share_an_event_is_deferred_instead_of_waiting() {
+    let g = gate(1, None, 0);
+    let other = gate(1, None, 0);
+    let window = Arc::new(Window::new(2));
+    let stop = CancellationToken::new();
+    let _a = g.hold(&window);
+    let _b = g.hold(&window);
+    let _c = other.hold(&window); // two profiles in hand: share 1 each
+    let _slot = g.admit(&window, &stop).await.unwrap();
+    match g.admit(&window, &stop).await {
+        Err(Refusal::Defer {
+            reason: DeferReason::Concurrency,
+            wait,
+        }) => assert_eq!(wait, MAX_WAIT),
+        other => panic!("{:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn an_open_breaker_defers_and_shutdown_releases_waiters() {
+    let g = gate(1, None, 1);
+    let window = Arc::new(Window::new(10));
+    let stop = CancellationToken::new();
+    let _hold = g.hold(&window);
+    let pass = g.admit(&window, &stop).await.unwrap();
+    assert_eq!(pass.finish(Health::Down), (Change::Opened, true));
+    assert!(matches!(
+        g.admit(&window, &stop).await.err(),
+        Some(Refusal::Defer {
+            reason: DeferReason::CircuitOpen,
+            ..
+        })
+    ));
+    let g = gate(1, None, 0);
+    let _hold = g.hold(&window);
+    let _busy = g.admit(&window, &stop).await.unwrap();
+    stop.cancel();
+    assert_eq!(g.admit(&window, &stop).await.err(), Some(Refusal::Shutdown));
+}

@@ -1,0 +1,81 @@
+//! The prefetch window that all profiles share, and each one's fair share of it
+//! (SPEC section 9).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::gate::micros;
+
+/// The prefetch window, shared by all profiles.
+#[derive(Debug)]
+pub struct Window {
+    pub prefetch: usize,
+    /// Profiles with at least one event in hand.
+    pub(super) active: AtomicUsize,
+    /// The most profiles seen with events in hand within the last [`RECENT`], and when that
+    /// was last confirmed. A profile whose events the broker cannot send because the window is
+    /// full holds none for a moment; it still needs its share.
+    peak: AtomicUsize,
+    peak_at_us: AtomicU64,
+}
+
+/// How long a profile that had events in hand still counts for the fair share.
+const RECENT: Duration = Duration::from_secs(1);
+
+impl Window {
+    pub fn new(prefetch: usize) -> Self {
+        Self {
+            prefetch,
+            active: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            peak_at_us: AtomicU64::new(0),
+        }
+    }
+
+    /// A profile's fair share: `prefetch / profiles with events in hand` (counting those that
+    /// had some within the last second), at least 1.
+    pub fn share(&self) -> usize {
+        self.share_at(micros(Instant::now()))
+    }
+
+    /// [`Window::share`] at `now` (microseconds on the gate's clock).
+    fn share_at(&self, now: u64) -> usize {
+        let active = self.active.load(Ordering::Relaxed);
+        let peak = self.peak.load(Ordering::Relaxed);
+        let stale =
+            now.saturating_sub(self.peak_at_us.load(Ordering::Relaxed)) > RECENT.as_micros() as u64;
+        let profiles = if active >= peak || stale {
+            self.peak.store(active, Ordering::Relaxed);
+            self.peak_at_us.store(now, Ordering::Relaxed);
+            active
+        } else {
+            peak
+        };
+        (self.prefetch / profiles.max(1)).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_counts_profiles_that_had_events_within_the_last_second() {
+        let w = Window::new(64);
+        assert_eq!(w.share_at(0), 64, "no one: the whole window");
+        w.active.store(2, Ordering::Relaxed);
+        assert_eq!(w.share_at(0), 32);
+        // The other profile holds nothing for a moment (say, the broker cannot send it more
+        // because the window is full): it still counts.
+        w.active.store(1, Ordering::Relaxed);
+        assert_eq!(w.share_at(0), 32);
+        // A second later it no longer does.
+        let later = RECENT.as_micros() as u64 + 1;
+        assert_eq!(w.share_at(later), 64);
+        w.active.store(3, Ordering::Relaxed);
+        assert_eq!(w.share_at(later), 21);
+        let tiny = Window::new(2);
+        tiny.active.store(5, Ordering::Relaxed);
+        assert_eq!(tiny.share_at(0), 1, "at least one");
+    }
+}
