@@ -15,9 +15,10 @@ use lapin::message::Delivery;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::amqp::headers;
 use crate::decide::{AttemptResult, Case, Facts, Failure, Settlement, decide};
 use crate::event::{self, Event};
-use crate::metrics::{Metrics, NO_PROFILE};
+use crate::metrics::{AttemptClass, Label, Metrics, NO_PROFILE};
 use crate::profiles::breaker::Health;
 use crate::profiles::gate::Refusal;
 use crate::profiles::{Endpoint, Registry, Snapshot, Window};
@@ -65,9 +66,9 @@ impl Dispatcher {
                 age: now.duration_since(e.born).unwrap_or_default(),
             },
             Err(_) => Facts {
-                attempts_before: crate::amqp::headers::count(
+                attempts_before: headers::count(
                     delivery.properties.headers().as_ref(),
-                    crate::amqp::headers::ATTEMPT,
+                    headers::ATTEMPT,
                 ),
                 deferrals_before: 0,
                 age: Duration::ZERO,
@@ -147,8 +148,7 @@ impl Dispatcher {
             let credential = match ep.credential().await {
                 Ok(c) => c,
                 Err(e) => {
-                    ep.metrics
-                        .attempt(crate::metrics::AttemptClass::AuthFailed, None);
+                    ep.metrics.attempt(AttemptClass::AuthFailed, None);
                     return AttemptResult::Retryable {
                         failure: Failure::Auth,
                         retry_after: None,
@@ -286,7 +286,7 @@ fn log_settled(id: &str, profile: &str, settlement: &Settlement, took: Duration)
             event_id = id,
             profile,
             outcome = "deferred",
-            reason = crate::metrics::Label::as_str(*reason),
+            reason = reason.as_str(),
             deferrals,
             delay_ms = plan.expiration_ms,
             duration_ms = ms,

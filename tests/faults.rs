@@ -50,15 +50,7 @@ async fn publish_load(env: &Env, n: usize, tag: &str) {
 }
 
 fn close_all_connections() {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["close_all_connections", "test: forced close"])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rabbitmqctl(&["close_all_connections", "test: forced close"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

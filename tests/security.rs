@@ -110,6 +110,17 @@ async fn assertion_server(
     .await
 }
 
+/// The errors (and their `Debug`) of a configuration that must not load.
+fn config_error(yaml: &str) -> String {
+    let err = callback_dispatcher::config::Config::from_yaml(
+        yaml,
+        std::path::Path::new("t.yaml"),
+        |_| None,
+    )
+    .expect_err("the configuration is refused");
+    format!("{err} {err:?}")
+}
+
 fn oauth_profile(id: &str, callback: &str, auth: &str) -> String {
     format!("  - id: {id}\n    url: \"{callback}\"\n    auth:\n      type: oauth2\n{auth}")
 }
@@ -265,13 +276,7 @@ fn a_private_key_that_cannot_sign_is_a_config_error_that_never_shows_it() {
             "profiles:\n  - id: a\n    url: https://hooks.example/\n    auth:\n      type: oauth2\n      url: https://login.example/token\n      client_id: c\n      client_auth: private_key_jwt\n      assertion_algorithm: {algorithm}\n      private_key: |\n{}",
             indent(&key, 8)
         );
-        let err = callback_dispatcher::config::Config::from_yaml(
-            &yaml,
-            std::path::Path::new("t.yaml"),
-            |_| None,
-        )
-        .unwrap_err();
-        let shown = format!("{err} {err:?}");
+        let shown = config_error(&yaml);
         assert!(shown.contains("profiles[0].auth.private_key"), "{shown}");
         assert!(shown.contains(want), "{shown}");
         assert!(
@@ -444,13 +449,7 @@ fn bad_tls_material_is_a_config_error_with_the_key_path_only() {
             indent(&cert, 8),
             indent(&key, 8)
         );
-        let err = callback_dispatcher::config::Config::from_yaml(
-            &yaml,
-            std::path::Path::new("t.yaml"),
-            |_| None,
-        )
-        .unwrap_err();
-        let shown = format!("{err}");
+        let shown = config_error(&yaml);
         assert!(shown.contains(want_path) && shown.contains(want), "{shown}");
         assert!(
             !shown.contains(&marker),

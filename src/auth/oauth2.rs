@@ -50,8 +50,19 @@ pub struct OAuth2 {
     pub shape: ResponseShape,
     pub refresh_before_expiry: std::time::Duration,
     /// A digest of every setting of the block (secrets included): equal digests, same tokens.
-    /// It never leaves the process as it is (the shared cache keys it under a secret).
-    pub fingerprint: [u8; 32],
+    pub fingerprint: Fingerprint,
+}
+
+/// A SHA-256 digest of settings that include secrets. It never leaves the process as it is
+/// (the shared cache keys it under a secret), and `Debug` does not show it: a digest of a
+/// weak secret could be brute-forced.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fingerprint(redacted)")
+    }
 }
 
 /// A token ready to be sent: the `Authorization` value is built once per token.

@@ -103,7 +103,7 @@ impl SharedTokens {
         let mut mac = self.naming.clone();
         mac.update(src.profile.as_bytes());
         mac.update(&[0]);
-        mac.update(&src.oauth.fingerprint);
+        mac.update(&src.oauth.fingerprint.0);
         let digest = mac.finalize().into_bytes();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         format!("{}:token:{}:{hex}", self.key_prefix, src.profile)

@@ -19,6 +19,7 @@ use super::issues::Issues;
 use super::raw::{RawAuth, RawValue, S};
 use super::tls::pem_or_file;
 use crate::auth::assertion::{self, Assertion};
+use crate::auth::oauth2::Fingerprint;
 use crate::auth::token::{ExpirationFormat, FieldPath, ResponseShape};
 use crate::auth::{Auth, ClientAuth, OAuth2, Placement};
 
@@ -386,7 +387,7 @@ fn client_auth(issues: &mut Issues, f: &mut Fields) -> Option<ClientAuth> {
 
 /// A digest of every key and value of the block, and of a private key read from a file, so
 /// that a reload can tell whether a profile's tokens still hold.
-fn fingerprint(raw: &RawAuth, client_auth: &Option<ClientAuth>) -> [u8; 32] {
+fn fingerprint(raw: &RawAuth, client_auth: &Option<ClientAuth>) -> Fingerprint {
     let mut hash = Sha256::new();
     for (key, v) in raw {
         hash.update(key.as_bytes());
@@ -408,5 +409,5 @@ fn fingerprint(raw: &RawAuth, client_auth: &Option<ClientAuth>) -> [u8; 32] {
     if let Some(ClientAuth::PrivateKeyJwt(a)) = client_auth {
         hash.update(a.key_digest());
     }
-    hash.finalize().into()
+    Fingerprint(hash.finalize().into())
 }

@@ -230,3 +230,40 @@ fn auth_keys_must_fit_the_type() {
         ]
     );
 }
+
+#[test]
+fn keys_and_cache_secrets_never_appear_in_debug() {
+    let assertion_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let tls_key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["c".to_owned()])
+        .unwrap()
+        .self_signed(&tls_key)
+        .unwrap();
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("        {l}\n")).collect() };
+    let cache_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let yaml = format!(
+        "token_cache: {{redis: \"redis://:redis-SECRET-pw@h:6379/0\", encryption_key: \"{cache_key}\"}}\nprofiles:\n  - id: a\n    url: https://h.example/\n    tls:\n      client_cert: |\n{}      client_key: |\n{}    auth:\n      type: oauth2\n      url: https://h.example/t\n      client_id: c\n      client_auth: private_key_jwt\n      private_key: |\n{}",
+        indent(&cert.pem()),
+        indent(&tls_key.serialize_pem()),
+        indent(&assertion_key.serialize_pem()),
+    );
+    let config = parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let debug = format!("{config:?}");
+    let mut secrets: Vec<String> = [assertion_key.serialize_pem(), tls_key.serialize_pem()]
+        .iter()
+        .flat_map(|pem| {
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    secrets.extend(["redis-SECRET-pw".to_owned(), cache_key.to_owned()]);
+    for secret in secrets {
+        assert!(!debug.contains(&secret), "{secret} in {debug}");
+    }
+    assert!(
+        debug.contains("Assertion") && debug.contains("Tls"),
+        "{debug}"
+    );
+}

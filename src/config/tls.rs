@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::issues::Issues;
 use super::raw::{RawTls, S};
+use crate::auth::oauth2::Fingerprint;
 
 /// Validated TLS material for one profile. `Debug` shows only whether each part is present.
 pub struct Tls {
@@ -16,7 +17,7 @@ pub struct Tls {
     identity_pem: Option<SecretSlice<u8>>,
     ca_pem: Option<Vec<u8>>,
     /// Equal for equal settings: profiles that share it share one HTTP client.
-    pub fingerprint: [u8; 32],
+    pub fingerprint: Fingerprint,
 }
 
 impl std::fmt::Debug for Tls {
@@ -194,7 +195,7 @@ pub(crate) fn validate(issues: &mut Issues, path: &str, raw: &S<RawTls>) -> Opti
     let tls = Tls {
         identity_pem,
         ca_pem: ca,
-        fingerprint: hash.finalize().into(),
+        fingerprint: Fingerprint(hash.finalize().into()),
     };
     if let Err(e) = tls.try_client() {
         issues.add(

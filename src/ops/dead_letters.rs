@@ -119,19 +119,26 @@ async fn finish(conn: Connection, channel: Channel, last: Option<u64>) -> anyhow
     Ok(())
 }
 
+/// The next dead letter, unacked (a classic queue puts it back in place if it is requeued).
+async fn next(
+    channel: &Channel,
+    topology: &Topology,
+) -> Result<Option<lapin::message::BasicGetMessage>, lapin::Error> {
+    channel
+        .basic_get(
+            topology.dead_queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+}
+
 /// Up to `limit` dead letters, oldest first, left in place and in order.
 pub async fn list(config: &Config, limit: usize) -> anyhow::Result<(Vec<DeadLetter>, u32)> {
     let (conn, channel, topology, total) = open(config).await?;
     let mut out = Vec::new();
     let mut last_tag = None;
     while out.len() < limit {
-        let Some(msg) = channel
-            .basic_get(
-                topology.dead_queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        else {
+        let Some(msg) = next(&channel, &topology).await? else {
             break;
         };
         last_tag = Some(msg.delivery.delivery_tag);
@@ -168,13 +175,7 @@ pub async fn replay(
         if done.moved >= limit {
             break;
         }
-        let Some(msg) = channel
-            .basic_get(
-                topology.dead_queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        else {
+        let Some(msg) = next(&channel, &topology).await? else {
             break;
         };
         let d = msg.delivery;

@@ -24,6 +24,7 @@ pub use endpoint::Endpoint;
 pub use window::Window;
 
 use crate::auth::TokenSlot;
+use crate::auth::oauth2::Fingerprint;
 use crate::auth::shared::SharedTokens;
 use crate::config::{Config, DeliveryConfig, Profile};
 use crate::guard::Guard;
@@ -38,7 +39,7 @@ pub struct Snapshot {
     pub delays_ms: Vec<u64>,
     endpoints: HashMap<Arc<str>, Arc<Endpoint>>,
     /// By TLS fingerprint; `None` is the client of profiles without `tls`.
-    clients: HashMap<Option<[u8; 32]>, reqwest::Client>,
+    clients: HashMap<Option<Fingerprint>, reqwest::Client>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -129,7 +130,7 @@ fn build(
             &p.delivery.allow_networks,
         ) == (d.connect_timeout, d.timeout, &d.allow_networks)
     });
-    let mut clients: HashMap<Option<[u8; 32]>, reqwest::Client> = HashMap::new();
+    let mut clients: HashMap<Option<Fingerprint>, reqwest::Client> = HashMap::new();
     let mut client_for = |p: &Profile| -> reqwest::Client {
         let key = p.tls.as_ref().map(|t| t.fingerprint);
         clients
