@@ -254,3 +254,127 @@ async fn redis_stopped_mid_run_loses_nothing() {
     );
     assert!(env.dead_letters().await.is_empty(), "nothing lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_drops_the_shared_token_only_while_it_is_still_the_rejected_one() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let redis = RedisServer::start().await;
+    let auth = Server::start(|n, _| {
+        Reply::json(
+            200,
+            json!({"access_token": format!("t{n}"), "expires_in": 3600}),
+        )
+    })
+    .await;
+    // Once `stale` is set, the callback URL refuses the first token.
+    let stale = Arc::new(AtomicBool::new(false));
+    let s = stale.clone();
+    let receiver = Server::start(move |_, r| {
+        let refused =
+            s.load(Ordering::SeqCst) && r.header("authorization").as_deref() == Some("Bearer t0");
+        Reply::status(if refused { 401 } else { 200 })
+    })
+    .await;
+    let env = Env::new("shared401");
+    let config = yaml(&env, &redis, &auth, &receiver, "s");
+    env.config(&config);
+    let workers: Vec<Process> = (0..2).map(|_| Process::spawn(&config, "info")).collect();
+    for w in &workers {
+        w.wait_ready().await;
+    }
+    let sum = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let workers = &workers;
+        async move {
+            let mut v = Vec::new();
+            for w in workers {
+                v.push(w.metrics().await.value(name, labels));
+            }
+            v
+        }
+    };
+    // Both replicas hold t0 (read from the shared cache by one of them).
+    let mut batch = 0;
+    wait_until(LIMIT, "both replicas delivered with t0", || {
+        batch += 1;
+        let env = &env;
+        let sum = &sum;
+        async move {
+            env.publish_many(10, |i| {
+                (
+                    event_props(Some("shared"), &format!("warm-{batch}-{i}")),
+                    b"{}".to_vec(),
+                )
+            })
+            .await;
+            let d = sum(
+                "callback_dispatcher_deliveries_total",
+                &[("profile", "shared"), ("outcome", "delivered")],
+            )
+            .await;
+            d.iter().all(|&x| x > 0.0)
+        }
+    })
+    .await;
+    assert_eq!(auth.count(), 1);
+    // One replica meets the 401, drops t0 everywhere and stores t1...
+    stale.store(true, Ordering::SeqCst);
+    env.publish(Some("shared"), "first-401", b"{}").await;
+    wait_until(LIMIT, "t1 in use", || async {
+        receiver
+            .all()
+            .iter()
+            .any(|r| r.header("authorization").as_deref() == Some("Bearer t1"))
+    })
+    .await;
+    // ...then the other meets it with its own copy of t0: t1 must survive its 401.
+    let attempts_4xx = || {
+        sum(
+            "callback_dispatcher_delivery_attempts_total",
+            &[("profile", "shared"), ("result", "4xx")],
+        )
+    };
+    let mut batch = 0;
+    wait_until(LIMIT, "both replicas met the 401", || {
+        batch += 1;
+        let env = &env;
+        let attempts_4xx = &attempts_4xx;
+        async move {
+            env.publish_many(10, |i| {
+                (
+                    event_props(Some("shared"), &format!("after-{batch}-{i}")),
+                    b"{}".to_vec(),
+                )
+            })
+            .await;
+            attempts_4xx().await.iter().all(|&x| x > 0.0)
+        }
+    })
+    .await;
+    wait_until(LIMIT, "all delivered", || async {
+        let m = sum(
+            "callback_dispatcher_deliveries_total",
+            &[("profile", "shared"), ("outcome", "delivered")],
+        )
+        .await;
+        let published = receiver
+            .all()
+            .iter()
+            .filter_map(|r| r.header("webhook-id"))
+            .collect::<HashSet<_>>();
+        m.iter().sum::<f64>() == published.len() as f64
+    })
+    .await;
+    println!(
+        "401 with a shared token: {} token requests for two replicas",
+        auth.count()
+    );
+    // Had the second 401 deleted whatever was shared by then (the fresh t1), a third token
+    // would have been fetched.
+    assert_eq!(
+        auth.count(),
+        2,
+        "one stale token, one refresh, for both replicas"
+    );
+    assert!(env.dead_letters().await.is_empty());
+}
