@@ -311,14 +311,14 @@ async fn a_401_refreshes_the_token_once_and_resends_at_once_even_for_a_burst() {
         .after(Duration::from_millis(500))
     })
     .await;
+    // The 401s come back slowly enough that every event waiting for t1 has sent it before
+    // the first one is refused: a burst of 401s for one stale token.
     let receiver = Server::start(|_, r| {
-        Reply::status(
-            if r.header("authorization").as_deref() == Some("Bearer t1") {
-                401
-            } else {
-                200
-            },
-        )
+        if r.header("authorization").as_deref() == Some("Bearer t1") {
+            Reply::status(401).after(Duration::from_millis(300))
+        } else {
+            Reply::status(200)
+        }
     })
     .await;
     let env = Env::new("unauth");
