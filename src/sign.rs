@@ -114,14 +114,6 @@ impl Signer {
             })
             .collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
 }
 
 /// What is signed: `{id}.{timestamp}.{body}`.

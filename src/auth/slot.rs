@@ -72,7 +72,8 @@ impl Drop for Fetching<'_> {
                 f.last_error = None;
             }
             Some(Err(e)) => f.last_error = Some(e),
-            None => {}
+            // Dropped mid-fetch: no result to share; whoever waited fetches again.
+            None => f.last_error = None,
         }
         drop(f);
         self.slot.done.send_modify(|g| *g += 1);

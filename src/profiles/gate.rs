@@ -243,10 +243,6 @@ impl Gate {
         }
     }
 
-    pub fn is_open(&self) -> bool {
-        self.breaker.lock().expect("breaker lock").is_open()
-    }
-
     /// How much longer an event that started waiting at `since` may wait in memory: up to
     /// [`MAX_WAIT`] while its profile is within its fair share of the window, else up to
     /// [`SHORT_WAIT`] (a fast endpoint's events turn over in milliseconds and hold the window

@@ -55,14 +55,6 @@ impl Snapshot {
     pub fn endpoint(&self, id: &str) -> Option<&Arc<Endpoint>> {
         self.endpoints.get(id)
     }
-
-    pub fn len(&self) -> usize {
-        self.endpoints.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
-    }
 }
 
 /// The swappable set of profile runtimes.
