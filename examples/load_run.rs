@@ -15,6 +15,11 @@
 //! Events are queued before each consumer starts; a rate is measured at the receiver, from
 //! the first measured request to the last. Each round uses its own queues and deletes them.
 //! `load_run [SCENARIO] [EVENTS] [ROUNDS]`, SCENARIO = throughput | profiles | protection | all.
+//!
+//! For investigating, not for the quoted figures: `LOAD_HANGING=N` hanging events (default
+//! 200), `LOAD_DELIVERY_EXTRA=", key: value"` appended to the worker's `delivery` section,
+//! `LOAD_RUST_LOG` for the worker, `LOAD_PERF=FILE` to record it with `perf`, `LOAD_KEEP=1` to
+//! keep its logs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -243,8 +248,7 @@ async fn run_round(
                 queue.clone(),
                 format!("{base}/cb"),
                 load.prefetch.to_string(),
-                std::env::var("LOAD_BARE_CONCURRENCY")
-                    .unwrap_or_else(|_| load.concurrency.to_string()),
+                load.concurrency.to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(log)
@@ -296,7 +300,11 @@ async fn run_round(
             sum("callback_dispatcher_deliveries_total{outcome=\"retry_scheduled\""),
         );
         if deferred + retried > 0.0 {
-            println!("  (worker deferred {deferred} and retried {retried} events)");
+            println!(
+                "  (worker deferred {} and retried {} events)",
+                deferred.abs(),
+                retried.abs()
+            );
         }
     }
     let rss = rss_mib(child.id());
