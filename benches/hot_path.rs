@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callback_dispatcher::config::Config;
-use callback_dispatcher::decide::{AttemptResult, Case, Facts, decide};
+use callback_dispatcher::decide::{Answer, AttemptResult, Case, Facts, Health, classify, decide};
 use callback_dispatcher::metrics::Metrics;
-use callback_dispatcher::profiles::breaker::Health;
 use callback_dispatcher::profiles::{Registry, Window};
 use callback_dispatcher::retry::RetryPolicy;
-use callback_dispatcher::send::classify;
 use callback_dispatcher::sign::{Signer, decode_secret};
 use criterion::{Criterion, criterion_group, criterion_main};
 use secrecy::SecretString;
@@ -99,7 +97,15 @@ fn benches(c: &mut Criterion) {
         });
     }
 
-    c.bench_function("classify status", |b| b.iter(|| classify(black_box(503))));
+    c.bench_function("classify answer", |b| {
+        b.iter(|| {
+            classify(black_box(Answer::Status {
+                status: 503,
+                retry_after: None,
+                snippet: String::new(),
+            }))
+        })
+    });
 
     let policy = RetryPolicy::default();
     let declared = policy.delay_queue_ms();

@@ -1,16 +1,245 @@
-//! Every event's fate, decided in one pure function.
+//! Every event's fate, decided in pure functions, and the enums that name the fates.
 //!
 //! The pipeline gathers what happened into a [`Case`] (unreadable, unknown profile, too old,
 //! deferred, attempted, interrupted by shutdown) and the event's [`Facts`]; [`decide`] turns
 //! them into the one [`Settlement`] that `settle` carries out. Nothing else in the worker
 //! decides between delivering, retrying, deferring and dead-lettering.
+//!
+//! What an attempt's answer means is read here too, once: [`classify`] turns what came back
+//! (an HTTP status with its `Retry-After`, or why nothing came back) into everything that
+//! depends on it: the [`AttemptResult`] for `decide`, the endpoint's [`Health`] for its
+//! breaker and the [`AttemptClass`] the metrics count. No other module reads a status code.
+//!
+//! Design decisions:
+//! - This module sits at the bottom of the module graph: it imports only the pure delay math
+//!   ([`crate::retry`]). Headers, logs, metrics and `dead-letters list` all name outcomes
+//!   through the enums below (`as_str` and [`Label::parse`]), so a name is written once.
+//! - The random number for jitter is an argument, so `decide` is deterministic and
+//!   table-tested (`decide/tests.rs`).
 
 use std::time::Duration;
 
-use crate::amqp::DeadReason;
-use crate::event::Rejected;
-use crate::metrics::{DeferReason, DeliveryOutcome};
 use crate::retry::{RetryPlan, RetryPolicy};
+
+/// The name an outcome has in headers, log lines and metric labels.
+pub trait Label: Copy + 'static {
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+    fn index(self) -> usize;
+    /// The value named `name`, if any.
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|v| v.as_str() == name)
+    }
+}
+
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+        impl $crate::decide::Label for $name {
+            const ALL: &'static [Self] = &[$(Self::$variant),+];
+            fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($crate::decide::Label::as_str(*self))
+            }
+        }
+    };
+}
+pub(crate) use label_enum;
+
+label_enum!(
+    /// Why an event was dead-lettered (`x-dead-reason`).
+    DeadReason {
+        UnknownProfile => "unknown_profile",
+        /// No `profile` header, or one that is not a string.
+        MissingProfile => "missing_profile",
+        PermanentStatus => "permanent_status",
+        MaxAttempts => "max_attempts",
+        Expired => "expired",
+        PayloadTooLarge => "payload_too_large",
+        /// A `message_id` that cannot be sent as the `webhook-id` header.
+        InvalidMessageId => "invalid_message_id",
+        /// The callback URL resolves to an address the network guard refuses (SPEC section 10).
+        BlockedDestination => "blocked_destination",
+    }
+);
+label_enum!(
+    /// Why an event was put back without an attempt (`deferrals_total{reason}`).
+    DeferReason { Concurrency => "concurrency", RateLimit => "rate_limit", CircuitOpen => "circuit_open" }
+);
+label_enum!(
+    /// A settled event's outcome (`deliveries_total{outcome}`).
+    DeliveryOutcome { Delivered => "delivered", RetryScheduled => "retry_scheduled", DeadLettered => "dead_lettered" }
+);
+label_enum!(
+    /// An attempt's result class (`delivery_attempts_total{result}`).
+    AttemptClass {
+        S2xx => "2xx", S3xx => "3xx", S4xx => "4xx", S5xx => "5xx",
+        Timeout => "timeout", ConnectError => "connect_error", AuthFailed => "auth_failed",
+    }
+);
+label_enum!(
+    /// What the log line `event settled` calls a settlement (`outcome`).
+    Fate {
+        Delivered => "delivered", RetryScheduled => "retry_scheduled", DeadLettered => "dead_lettered",
+        Deferred => "deferred", Requeued => "requeued",
+    }
+);
+
+/// What an attempt says about the endpoint, for its circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down,
+    /// The attempt never reached the endpoint.
+    Unknown,
+}
+
+/// Why an attempt got no HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    Timeout,
+    /// Refused, reset, unreachable, or the TLS handshake failed.
+    Connect,
+    /// The network guard refused the address: nothing was sent.
+    Blocked,
+}
+
+/// What came back from one HTTP attempt, before it means anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        /// The start of the body for non-2xx answers, for `x-last-error`.
+        snippet: String,
+    },
+    Unanswered {
+        why: Unanswered,
+        error: String,
+    },
+}
+
+/// Everything an answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// For [`decide`].
+    pub result: AttemptResult,
+    /// A 401: drop the token, fetch a new one and resend once (SPEC section 4); when that is
+    /// not possible (no token, or already resent), `result` stands.
+    pub refresh: bool,
+    /// For the profile's breaker.
+    pub health: Health,
+    /// For `delivery_attempts_total{result}`.
+    pub class: AttemptClass,
+}
+
+/// What an answer means: the one place where status codes are read. Pure.
+pub fn classify(answer: Answer) -> Reading {
+    let (status, retry_after, snippet) = match answer {
+        Answer::Status {
+            status,
+            retry_after,
+            snippet,
+        } => (status, retry_after, snippet),
+        Answer::Unanswered { why, error } => {
+            let (result, class) = match why {
+                Unanswered::Blocked => {
+                    (AttemptResult::Blocked { error }, AttemptClass::ConnectError)
+                }
+                Unanswered::Timeout => (
+                    retryable(Failure::Timeout, None, error),
+                    AttemptClass::Timeout,
+                ),
+                Unanswered::Connect => (
+                    retryable(Failure::Connect, None, error),
+                    AttemptClass::ConnectError,
+                ),
+            };
+            let health = match why {
+                Unanswered::Blocked => Health::Unknown,
+                Unanswered::Timeout | Unanswered::Connect => Health::Down,
+            };
+            return Reading {
+                result,
+                refresh: false,
+                health,
+                class,
+            };
+        }
+    };
+    let class = match status {
+        200..=299 => AttemptClass::S2xx,
+        300..=399 => AttemptClass::S3xx,
+        500..=599 => AttemptClass::S5xx,
+        _ => AttemptClass::S4xx,
+    };
+    let error = || format!("HTTP {status}: {}", snippet.trim());
+    let (result, refresh) = match status {
+        200..=299 => (AttemptResult::Delivered { status }, false),
+        401 => (
+            retryable(Failure::Status(status), retry_after, error()),
+            true,
+        ),
+        408 | 425 | 429 | 500..=599 => (
+            retryable(Failure::Status(status), retry_after, error()),
+            false,
+        ),
+        _ => (
+            AttemptResult::Permanent {
+                status,
+                error: error(),
+            },
+            false,
+        ),
+    };
+    let health = match status {
+        429 | 500..=599 => Health::Down,
+        _ => Health::Up,
+    };
+    Reading {
+        result,
+        refresh,
+        health,
+        class,
+    }
+}
+
+/// A failed token request: no attempt was made. `health` is what the auth server's failure
+/// says about the profile (SPEC section 4: timeouts, connection errors, 5xx and 429 count).
+pub fn auth_failed(error: String, health: Health) -> Reading {
+    Reading {
+        result: retryable(Failure::Auth, None, error),
+        refresh: false,
+        health,
+        class: AttemptClass::AuthFailed,
+    }
+}
+
+fn retryable(failure: Failure, retry_after: Option<Duration>, error: String) -> AttemptResult {
+    AttemptResult::Retryable {
+        failure,
+        retry_after,
+        error,
+    }
+}
+
+/// An event that cannot be delivered as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub reason: DeadReason,
+    pub error: String,
+    /// The profile it named, if it named one validly.
+    pub profile: Option<String>,
+}
 
 /// Why an attempt failed in a way that another attempt may fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +335,17 @@ pub enum Settlement {
 }
 
 impl Settlement {
+    /// What the log line calls it.
+    pub fn fate(&self) -> Fate {
+        match self {
+            Self::Delivered { .. } => Fate::Delivered,
+            Self::Retry { .. } => Fate::RetryScheduled,
+            Self::DeadLetter { .. } => Fate::DeadLettered,
+            Self::Defer { .. } => Fate::Deferred,
+            Self::Requeue => Fate::Requeued,
+        }
+    }
+
     /// Its `deliveries_total` outcome; deferrals and requeues are not deliveries.
     pub fn outcome(&self) -> Option<DeliveryOutcome> {
         match self {
@@ -199,164 +439,4 @@ pub fn decide(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decide_table() {
-        let policy = RetryPolicy {
-            max_attempts: 3,
-            max_age: Duration::from_secs(60),
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        };
-        let declared = policy.delay_queue_ms();
-        let s = Duration::from_secs;
-        let facts = |attempts_before, deferrals_before, age| Facts {
-            attempts_before,
-            deferrals_before,
-            age: s(age),
-        };
-        let retryable = |failure| {
-            Case::Attempted(AttemptResult::Retryable {
-                failure,
-                retry_after: None,
-                error: "boom".into(),
-            })
-        };
-        let dead = |reason, status: Option<u16>, error: &str, attempts| Settlement::DeadLetter {
-            reason,
-            status,
-            error: error.into(),
-            attempts,
-        };
-        let plan = |queue_delay_ms, expiration_ms| RetryPlan {
-            queue_delay_ms,
-            expiration_ms,
-        };
-        let expired = "older than retry.max_age (1m)";
-        let cases = [
-            (
-                Case::Attempted(AttemptResult::Delivered { status: 204 }),
-                facts(0, 0, 1),
-                Settlement::Delivered {
-                    status: 204,
-                    attempts: 1,
-                },
-            ),
-            (
-                Case::Attempted(AttemptResult::Delivered { status: 200 }),
-                facts(2, 0, 600),
-                Settlement::Delivered {
-                    status: 200,
-                    attempts: 3,
-                },
-            ),
-            (
-                Case::Attempted(AttemptResult::Permanent {
-                    status: 400,
-                    error: "bad".into(),
-                }),
-                facts(0, 0, 1),
-                dead(DeadReason::PermanentStatus, Some(400), "bad", 1),
-            ),
-            (
-                Case::Attempted(AttemptResult::Blocked {
-                    error: "127.0.0.1 is loopback".into(),
-                }),
-                facts(0, 0, 1),
-                dead(
-                    DeadReason::BlockedDestination,
-                    None,
-                    "127.0.0.1 is loopback",
-                    1,
-                ),
-            ),
-            (
-                retryable(Failure::Status(503)),
-                facts(0, 0, 1),
-                Settlement::Retry {
-                    plan: plan(5000, 5000),
-                    attempts: 1,
-                    error: "boom".into(),
-                },
-            ),
-            (
-                retryable(Failure::Timeout),
-                facts(1, 4, 1),
-                Settlement::Retry {
-                    plan: plan(15000, 15000),
-                    attempts: 2,
-                    error: "boom".into(),
-                },
-            ),
-            (
-                retryable(Failure::Status(503)),
-                facts(2, 0, 1),
-                dead(DeadReason::MaxAttempts, Some(503), "boom", 3),
-            ),
-            (
-                retryable(Failure::Auth),
-                facts(8, 0, 1),
-                dead(DeadReason::MaxAttempts, None, "boom", 9),
-            ),
-            (
-                retryable(Failure::Connect),
-                facts(0, 0, 60),
-                dead(DeadReason::Expired, None, "boom", 1),
-            ),
-            (
-                Case::Expired,
-                facts(0, 0, 61),
-                dead(DeadReason::Expired, None, expired, 0),
-            ),
-            (
-                Case::Deferred {
-                    reason: DeferReason::RateLimit,
-                    wait: s(3),
-                },
-                facts(1, 2, 10),
-                Settlement::Defer {
-                    plan: plan(5000, 3000),
-                    reason: DeferReason::RateLimit,
-                    deferrals: 3,
-                },
-            ),
-            (
-                Case::Deferred {
-                    reason: DeferReason::CircuitOpen,
-                    wait: s(3),
-                },
-                facts(1, 2, 60),
-                dead(DeadReason::Expired, None, expired, 1),
-            ),
-            (
-                Case::Rejected(Rejected {
-                    reason: DeadReason::PayloadTooLarge,
-                    error: "too big".into(),
-                    profile: None,
-                }),
-                facts(2, 0, 1),
-                dead(DeadReason::PayloadTooLarge, None, "too big", 2),
-            ),
-            (
-                Case::UnknownProfile("nope".into()),
-                facts(0, 0, 1),
-                dead(
-                    DeadReason::UnknownProfile,
-                    None,
-                    "no profile \"nope\" in the configuration",
-                    0,
-                ),
-            ),
-            (Case::Interrupted, facts(0, 0, 1000), Settlement::Requeue),
-        ];
-        for (case, facts, want) in cases {
-            assert_eq!(
-                decide(case.clone(), facts, &policy, &declared, 0.5),
-                want,
-                "{case:?} {facts:?}"
-            );
-        }
-    }
-}
+mod tests;

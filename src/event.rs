@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use lapin::BasicProperties;
 
-use crate::amqp::DeadReason;
-use crate::amqp::headers::{self, ATTEMPT, DEFERRALS, FIRST_ATTEMPT};
+use crate::amqp::headers::{self, RetryState};
+use crate::decide::DeadReason;
+pub use crate::decide::Rejected;
 
 /// One callback event, ready for the pipeline.
 #[derive(Debug, Clone)]
@@ -25,15 +26,6 @@ pub struct Event {
     pub born: SystemTime,
     /// The first attempt, carried in `x-first-attempt` when there is no timestamp.
     pub first_attempt: SystemTime,
-}
-
-/// An event that cannot be delivered as it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    pub reason: DeadReason,
-    pub error: String,
-    /// The profile it named, if it named one validly.
-    pub profile: Option<String>,
 }
 
 /// Read a delivery's properties and body into an event.
@@ -59,9 +51,9 @@ pub fn read(
             profile: Some(profile),
         });
     }
-    let first_attempt = headers::get(headers, FIRST_ATTEMPT)
-        .and_then(headers::as_int)
-        .and_then(|ms| u64::try_from(ms).ok())
+    let state = RetryState::read(headers);
+    let first_attempt = state
+        .first_attempt_ms
         .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
         .filter(|t| *t <= now)
         .unwrap_or(now);
@@ -94,8 +86,8 @@ pub fn read(
         profile,
         body,
         content_type,
-        attempts_before: headers::count(headers, ATTEMPT),
-        deferrals_before: headers::count(headers, DEFERRALS),
+        attempts_before: state.attempts,
+        deferrals_before: state.deferrals,
         born,
         first_attempt,
     })
@@ -104,7 +96,7 @@ pub fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::amqp::headers::{PROFILE, text};
+    use crate::amqp::headers::{FIRST_ATTEMPT, PROFILE, text};
     use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
     fn props(headers: &[(&str, AMQPValue)]) -> BasicProperties {

@@ -11,11 +11,12 @@
 //!   profiles   resolve its profile's runtime: gate (limits, breaker), token slot, client
 //!   auth       authenticate (static credentials, OAuth 2.0 tokens, shared cache)
 //!   sign       Standard Webhooks signatures (v1 HMAC, v1a ed25519)
-//!   send       the HTTP attempt and what its answer means          (guard: network guard)
-//!   decide     the event's fate, in one pure function              (retry: delay math)
+//!   send       the HTTP attempt                                     (guard: network guard)
+//!   decide     what the answer means and the event's fate, pure    (retry: delay math)
 //!   settle     carry the fate out with publisher confirms          (amqp: topology, headers)
 //! config     YAML -> validated settings, one validation per section
 //! metrics, server   Prometheus metrics, /metrics /healthz /readyz
+//! telemetry  log output
 //! ops        operator commands: check-config, token, publish, dead-letters, signing-key
 //! ```
 
@@ -36,6 +37,7 @@ pub mod send;
 pub mod server;
 pub mod settle;
 pub mod sign;
+pub mod telemetry;
 pub mod worker;
 
 pub use worker::{Worker, run};

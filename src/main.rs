@@ -1,13 +1,12 @@
 //! The binary: parses the command line and calls the library.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use callback_dispatcher::config::{Config, LogFormat};
 use callback_dispatcher::ops::{check_config, dead_letters, publish, signing_key, token};
+use callback_dispatcher::telemetry::init_logs;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -91,156 +90,71 @@ enum DeadLetters {
     },
 }
 
-/// Logs go to stderr through a writer thread that batches lines while the worker is busy
-/// and flushes as soon as it is idle: the per-event log line costs a channel send, not a
-/// write system call. The guard flushes what is left when `main` returns.
-fn init_logs(
-    format: LogFormat,
-    default_level: &str,
-) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::prelude::*;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    // lapin dumps whole AMQP frames at TRACE, the connection's SASL response (the broker
-    // password) included: those never reach the output, whatever RUST_LOG says.
-    let no_frames = tracing_subscriber::filter::filter_fn(|m| {
-        !(m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE)
-    });
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let layer = match format {
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
-        LogFormat::Text => fmt.boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(layer.with_filter(filter).with_filter(no_frames))
-        .init();
-    guard
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
-}
-
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::FAILURE
-    })
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load(&cli.config) {
+    let config = match Config::load(&cli.config) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let result = match cli.command {
-        Command::Run => {
-            let _logs = init_logs(config.log.format, "info");
-            for w in config.warnings() {
-                tracing::warn!("{w}");
-            }
-            match callback_dispatcher::Worker::bind(config).await {
-                Ok(worker) => {
-                    worker
-                        .watch(cli.config.clone())
-                        .run(shutdown_signal())
-                        .await
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Command::CheckConfig => {
-            print!("{}", check_config::report(&cli.config, &config));
-            Ok(())
-        }
-        Command::Token { profile } => {
-            let _logs = init_logs(LogFormat::Text, "warn");
-            token::token(&config, &profile)
-                .await
-                .map(|report| print!("{report}"))
-        }
-        Command::SigningKey { profile } => {
-            signing_key::signing_key(&config, &profile).map(|keys| print!("{keys}"))
-        }
+    let _logs = match cli.command {
+        Command::Run => init_logs(config.log.format, "info"),
+        _ => init_logs(LogFormat::Text, "warn"),
+    };
+    let printed = match cli.command {
+        Command::Run => run(config, cli.config).await.map(|()| String::new()),
+        Command::CheckConfig => Ok(check_config::report(&cli.config, &config)),
+        Command::Token { profile } => token::token(&config, &profile).await,
+        Command::SigningKey { profile } => signing_key::signing_key(&config, &profile),
         Command::Publish {
             profile,
             file,
             message_id,
             content_type,
             count,
-        } => {
-            let _logs = init_logs(LogFormat::Text, "warn");
-            let body = match file {
-                Some(f) => {
-                    std::fs::read(&f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))
-                }
-                None => {
-                    let mut b = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut b)
-                        .map(|_| b)
-                        .map_err(anyhow::Error::from)
-                }
-            };
-            match body {
-                Err(e) => Err(e),
-                Ok(body) => {
-                    let req = publish::Request {
-                        profile,
-                        body,
-                        message_id,
-                        content_type,
-                        count,
-                    };
-                    publish::publish(&config, &req)
-                        .await
-                        .map(|ids| match ids.as_slice() {
-                            [one] => println!("published {one}"),
-                            many => println!(
-                                "published {} events ({} .. {})",
-                                many.len(),
-                                many[0],
-                                many[many.len() - 1]
-                            ),
-                        })
-                }
+        } => match publish::read_body(file.as_deref()) {
+            Ok(body) => {
+                let req = publish::Request {
+                    profile,
+                    body,
+                    message_id,
+                    content_type,
+                    count,
+                };
+                publish::run(&config, &req).await
             }
-        }
+            Err(e) => Err(e),
+        },
         Command::DeadLetters(DeadLetters::List { limit }) => {
-            let _logs = init_logs(LogFormat::Text, "warn");
-            dead_letters::list(&config, limit)
-                .await
-                .map(|(rows, total)| print!("{}", dead_letters::dead_letter_table(&rows, total)))
+            dead_letters::list_report(&config, limit).await
         }
         Command::DeadLetters(DeadLetters::Replay { profile, limit }) => {
-            let _logs = init_logs(LogFormat::Text, "warn");
-            dead_letters::replay(&config, profile.as_deref(), limit)
-                .await
-                .map(|r| println!("replayed {} event(s) to the work queue; {} of other profiles left in place", r.moved, r.skipped))
+            dead_letters::replay_report(&config, profile.as_deref(), limit).await
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match printed {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The worker, until SIGTERM or SIGINT.
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+    callback_dispatcher::Worker::bind(config)
+        .await?
+        .watch(path)
+        .run(callback_dispatcher::worker::shutdown_signal())
+        .await
 }

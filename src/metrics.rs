@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use crate::decide::{AttemptClass, DeferReason, DeliveryOutcome, Label, label_enum};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -15,48 +16,9 @@ use prometheus::{
 /// profile id, so it never collides with one.
 pub const NO_PROFILE: &str = "(none)";
 
-/// A metric label value.
-pub trait Label: Copy + 'static {
-    const ALL: &'static [Self];
-    fn as_str(self) -> &'static str;
-    fn index(self) -> usize;
-}
-
-macro_rules! label_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($variant),+ }
-        impl Label for $name {
-            const ALL: &'static [Self] = &[$(Self::$variant),+];
-            fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
-            fn index(self) -> usize {
-                self as usize
-            }
-        }
-    };
-}
-
-label_enum!(
-    /// `deliveries_total{outcome}`.
-    DeliveryOutcome { Delivered => "delivered", RetryScheduled => "retry_scheduled", DeadLettered => "dead_lettered" }
-);
-label_enum!(
-    /// `delivery_attempts_total{result}`.
-    AttemptClass {
-        S2xx => "2xx", S3xx => "3xx", S4xx => "4xx", S5xx => "5xx",
-        Timeout => "timeout", ConnectError => "connect_error", AuthFailed => "auth_failed",
-    }
-);
 label_enum!(
     /// `token_requests_total{outcome}`.
     TokenOutcome { Success => "success", Failure => "failure" }
-);
-label_enum!(
-    /// `deferrals_total{reason}`: why an event was put back without an attempt.
-    DeferReason { Concurrency => "concurrency", RateLimit => "rate_limit", CircuitOpen => "circuit_open" }
 );
 label_enum!(
     /// `config_reloads_total{outcome}`.

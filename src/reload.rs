@@ -23,15 +23,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{self, Topology};
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
-use crate::metrics::ReloadOutcome;
+use crate::metrics::{Metrics, ReloadOutcome};
+use crate::profiles::Registry;
 
 /// How often the file's content is compared.
 pub const POLL: Duration = Duration::from_secs(2);
 
 pub struct Reloader {
     path: PathBuf,
-    dispatcher: Arc<Dispatcher>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     topology: Topology,
     /// The parts only a restart changes, as the process started with them.
     fixed: Fixed,
@@ -99,13 +100,15 @@ impl Reloader {
     pub fn new(
         path: PathBuf,
         base: &Config,
-        dispatcher: Arc<Dispatcher>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
         topology: Topology,
     ) -> Self {
         let last = std::fs::read(&path).ok().map(|b| digest(&b));
         Self {
             path,
-            dispatcher,
+            registry,
+            metrics,
             topology,
             fixed: Fixed::of(base),
             last,
@@ -148,7 +151,7 @@ impl Reloader {
     /// Read, validate, and apply or report.
     pub async fn reload(&self, forced: bool) {
         let why = if forced { "SIGHUP" } else { "file changed" };
-        let metrics = &self.dispatcher.metrics;
+        let metrics = &self.metrics;
         let config = match Config::load(&self.path) {
             Ok(c) => c,
             Err(e) => {
@@ -169,8 +172,8 @@ impl Reloader {
         if !restart.is_empty() {
             tracing::warn!(sections = ?restart, "these sections changed and need a restart to take effect; the rest is applied");
         }
-        let next = self.dispatcher.registry.prepare(&config);
-        let current = self.dispatcher.registry.load();
+        let next = self.registry.prepare(&config);
+        let current = self.registry.load();
         let new_delays: Vec<u64> = next
             .delays_ms
             .iter()
@@ -184,10 +187,8 @@ impl Reloader {
             tracing::error!(trigger = why, error = %e, "configuration reload failed: the new delay queues could not be declared; the running configuration stays");
             return;
         }
-        let (old_limit, new_limit) = (current.delivery.concurrency, next.delivery.concurrency);
         let summary = config.summary();
-        self.dispatcher.registry.store(next);
-        resize(&self.dispatcher.attempts, old_limit, new_limit);
+        self.registry.store(next);
         metrics.reload(ReloadOutcome::Success);
         tracing::info!(trigger = why, summary = %summary, new_delay_queues = new_delays.len(), "configuration reloaded");
     }
@@ -203,21 +204,5 @@ impl Reloader {
         let _ =
             tokio::time::timeout(Duration::from_secs(2), conn.close(200, "reloaded".into())).await;
         result
-    }
-}
-
-/// Change the number of attempts allowed at once across profiles.
-fn resize(attempts: &Arc<tokio::sync::Semaphore>, old: usize, new: usize) {
-    if new > old {
-        attempts.add_permits(new - old);
-    } else if new < old {
-        let attempts = attempts.clone();
-        let fewer = (old - new) as u32;
-        // Take the surplus as attempts finish, and never give it back.
-        tokio::spawn(async move {
-            if let Ok(p) = attempts.acquire_many_owned(fewer).await {
-                p.forget();
-            }
-        });
     }
 }

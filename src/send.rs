@@ -1,5 +1,6 @@
-//! The sign and send stages: one HTTP request to the customer's callback URL, and the
-//! classification of its answer into an action (like Vector's `RetryLogic`).
+//! The sign and send stages: one HTTP request to the customer's callback URL, signed, and
+//! what came back as an [`Answer`]. What the answer means is read in one place,
+//! [`crate::decide::classify`] (like Vector's `RetryLogic`).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -8,9 +9,9 @@ use serde_json::Value;
 
 use crate::auth::Credential;
 use crate::config::Profile;
+use crate::decide::{Answer, Unanswered};
 use crate::event::Event;
 use crate::http;
-use crate::metrics::AttemptClass;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -18,75 +19,6 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature
 
 /// How much of a failed callback's response is read, for `x-last-error`.
 const ERROR_SNIPPET: usize = 256;
-
-/// What the callback URL's answer means for the event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Delivered,
-    /// 408, 425, 429, 5xx, timeouts, connection errors.
-    Retry,
-    /// 401: refresh the token and resend once (SPEC section 4).
-    Unauthorized,
-    /// Any other 3xx or 4xx.
-    Permanent,
-}
-
-/// What an HTTP status means: for the event, and as the metrics count it. The one place
-/// where status codes are read.
-pub fn classify(status: u16) -> (Verdict, AttemptClass) {
-    let verdict = match status {
-        200..=299 => Verdict::Delivered,
-        401 => Verdict::Unauthorized,
-        408 | 425 | 429 | 500..=599 => Verdict::Retry,
-        _ => Verdict::Permanent,
-    };
-    let class = match status {
-        200..=299 => AttemptClass::S2xx,
-        300..=399 => AttemptClass::S3xx,
-        500..=599 => AttemptClass::S5xx,
-        _ => AttemptClass::S4xx,
-    };
-    (verdict, class)
-}
-
-/// Why an attempt got no HTTP answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unanswered {
-    Timeout,
-    /// Refused, reset, unreachable, or the TLS handshake failed.
-    Connect,
-    /// The network guard refused the address: nothing was sent.
-    Blocked,
-}
-
-/// One HTTP attempt's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sent {
-    Answered {
-        status: u16,
-        retry_after: Option<Duration>,
-        /// The start of the body for non-2xx answers, for `x-last-error`.
-        snippet: String,
-    },
-    Failed {
-        why: Unanswered,
-        error: String,
-    },
-}
-
-impl Sent {
-    /// Its `delivery_attempts_total{result}`; a refused address counts as a connect error.
-    pub fn class(&self) -> AttemptClass {
-        match self {
-            Sent::Answered { status, .. } => classify(*status).1,
-            Sent::Failed {
-                why: Unanswered::Timeout,
-                ..
-            } => AttemptClass::Timeout,
-            Sent::Failed { .. } => AttemptClass::ConnectError,
-        }
-    }
-}
 
 /// `Retry-After` in seconds or as an HTTP-date.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
@@ -113,7 +45,7 @@ pub fn query_params(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Sign and send one attempt. Never fails: every outcome is a [`Sent`]. `blocked` is the
+/// Sign and send one attempt. Never fails: every outcome is an [`Answer`]. `blocked` is the
 /// network guard's verdict on a literal host, found when the profile's runtime was built.
 pub async fn send(
     client: &reqwest::Client,
@@ -122,10 +54,10 @@ pub async fn send(
     credential: Option<&Credential>,
     timeout: Duration,
     blocked: Option<&str>,
-) -> (Sent, Duration) {
+) -> (Answer, Duration) {
     let started = Instant::now();
     if let Some(why) = blocked {
-        let sent = Sent::Failed {
+        let sent = Answer::Unanswered {
             why: Unanswered::Blocked,
             error: why.to_owned(),
         };
@@ -187,18 +119,18 @@ pub async fn send(
                     .unwrap_or_default();
                 String::from_utf8_lossy(&bytes).into_owned()
             };
-            Sent::Answered {
+            Answer::Status {
                 status,
                 retry_after,
                 snippet,
             }
         }
         Err(e) => match http::blocked(&e) {
-            Some(why) => Sent::Failed {
+            Some(why) => Answer::Unanswered {
                 why: Unanswered::Blocked,
                 error: why,
             },
-            None => Sent::Failed {
+            None => Answer::Unanswered {
                 why: if e.is_timeout() {
                     Unanswered::Timeout
                 } else {
@@ -214,46 +146,6 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classify_table() {
-        use Verdict::*;
-        for (status, want) in [
-            (200, Delivered),
-            (204, Delivered),
-            (299, Delivered),
-            (301, Permanent),
-            (302, Permanent),
-            (400, Permanent),
-            (401, Unauthorized),
-            (403, Permanent),
-            (404, Permanent),
-            (408, Retry),
-            (410, Permanent),
-            (425, Retry),
-            (429, Retry),
-            (500, Retry),
-            (503, Retry),
-            (599, Retry),
-        ] {
-            assert_eq!(classify(status).0, want, "{status}");
-        }
-    }
-
-    #[test]
-    fn metric_class_table() {
-        use AttemptClass::*;
-        for (status, want) in [
-            (204, S2xx),
-            (302, S3xx),
-            (404, S4xx),
-            (429, S4xx),
-            (503, S5xx),
-            (100, S4xx),
-        ] {
-            assert_eq!(classify(status).1, want, "{status}");
-        }
-    }
 
     #[test]
     fn retry_after_table() {

@@ -11,12 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 
-use crate::amqp::headers::{
-    self, ATTEMPT, DEAD_AT, DEAD_REASON, DEFERRALS, FIRST_ATTEMPT, LAST_ERROR, LAST_STATUS,
-};
+use crate::amqp::headers::{self, ATTEMPT, DEFERRALS, DeadInfo, FIRST_ATTEMPT, RetryState};
 use crate::amqp::{PublishError, Topology, publish_confirmed};
 use crate::decide::Settlement;
 use crate::event::Event;
@@ -51,9 +49,12 @@ fn without_expiration(p: &BasicProperties) -> BasicProperties {
     out
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
+
+/// Rewritten from the [`RetryState`] on every republish.
+const RETRY_HEADERS: [&str; 3] = [ATTEMPT, DEFERRALS, FIRST_ATTEMPT];
 
 /// Carries settlements out on one session's publishing channel (confirms on).
 pub struct Settler<'a> {
@@ -62,18 +63,19 @@ pub struct Settler<'a> {
 }
 
 impl Settler<'_> {
-    /// The event back into a delay queue with `set` changed in its headers, keeping its id
-    /// and, when it has no AMQP timestamp, when it was first attempted.
+    /// The event back into a delay queue with its new retry state, keeping its id and, when
+    /// it has no AMQP timestamp, when it was first attempted.
     async fn delay(
         &self,
         delivery: &Delivery,
         body: &[u8],
         event: Option<&Event>,
         plan: &RetryPlan,
-        set: (&str, u32),
+        state: impl FnOnce(&mut RetryState),
     ) -> Result<(), PublishError> {
-        let mut h = headers::copy(&delivery.properties, &[]);
-        h.insert(set.0.into(), headers::count_value(set.1));
+        let mut h = headers::copy(&delivery.properties, &RETRY_HEADERS);
+        let mut retry = RetryState::read(delivery.properties.headers().as_ref());
+        state(&mut retry);
         let mut props = delivery
             .properties
             .clone()
@@ -81,12 +83,10 @@ impl Settler<'_> {
         if let Some(e) = event {
             props = props.with_message_id(e.id.as_str().into());
             if delivery.properties.timestamp().is_none() {
-                h.insert(
-                    FIRST_ATTEMPT.into(),
-                    AMQPValue::LongLongInt(unix_ms(e.first_attempt)),
-                );
+                retry.first_attempt_ms = Some(unix_ms(e.first_attempt));
             }
         }
+        retry.write(&mut h);
         let queue = self.topology.delay_queue(plan.queue_delay_ms);
         publish_confirmed(self.publisher, "", &queue, body, props.with_headers(h)).await
     }
@@ -96,18 +96,10 @@ impl Settler<'_> {
         delivery: &Delivery,
         body: &[u8],
         event: Option<&Event>,
-        fields: [(&str, Option<AMQPValue>); 4],
+        info: DeadInfo,
     ) -> Result<(), PublishError> {
         let mut h: FieldTable = headers::copy(&delivery.properties, &[]);
-        for (name, value) in fields {
-            if let Some(v) = value {
-                h.insert(name.into(), v);
-            }
-        }
-        h.insert(
-            DEAD_AT.into(),
-            AMQPValue::LongLongInt(unix_ms(SystemTime::now())),
-        );
+        info.write(&mut h);
         let mut props = without_expiration(&delivery.properties);
         if let Some(e) = event {
             props = props.with_message_id(e.id.as_str().into());
@@ -142,13 +134,13 @@ impl Settler<'_> {
                 return Ok(());
             }
             Settlement::Retry { plan, attempts, .. } => {
-                self.delay(delivery, body, event, plan, (ATTEMPT, *attempts))
+                self.delay(delivery, body, event, plan, |s| s.attempts = *attempts)
                     .await
             }
             Settlement::Defer {
                 plan, deferrals, ..
             } => {
-                self.delay(delivery, body, event, plan, (DEFERRALS, *deferrals))
+                self.delay(delivery, body, event, plan, |s| s.deferrals = *deferrals)
                     .await
             }
             Settlement::DeadLetter {
@@ -157,16 +149,14 @@ impl Settler<'_> {
                 error,
                 attempts,
             } => {
-                let fields = [
-                    (DEAD_REASON, Some(headers::text(reason.as_str()))),
-                    (
-                        LAST_STATUS,
-                        status.map(|s| AMQPValue::LongInt(i32::from(s))),
-                    ),
-                    (LAST_ERROR, Some(headers::text(error))),
-                    (ATTEMPT, Some(headers::count_value(*attempts))),
-                ];
-                self.dead_letter(delivery, body, event, fields).await
+                let info = DeadInfo {
+                    reason: Some(*reason),
+                    status: *status,
+                    error: error.clone(),
+                    attempts: *attempts,
+                    dead_at_ms: Some(unix_ms(SystemTime::now())),
+                };
+                self.dead_letter(delivery, body, event, info).await
             }
         };
         match published {

@@ -31,7 +31,6 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -114,9 +113,8 @@ impl Worker {
             .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
         let metrics = Arc::new(Metrics::new());
         let dispatcher = Dispatcher {
-            registry: Registry::new(&config, metrics.clone()),
+            registry: Arc::new(Registry::new(&config, metrics.clone())),
             window: Arc::new(Window::new(usize::from(config.amqp.prefetch))),
-            attempts: Arc::new(Semaphore::new(config.delivery.concurrency)),
             shutdown: CancellationToken::new(),
             metrics,
         };
@@ -169,7 +167,8 @@ impl Worker {
             let reloader = Reloader::new(
                 path,
                 &supervisor.base,
-                supervisor.dispatcher.clone(),
+                supervisor.dispatcher.registry.clone(),
+                supervisor.dispatcher.metrics.clone(),
                 supervisor.topology.clone(),
             );
             tokio::spawn(reloader.run(stop.clone()))
@@ -374,4 +373,15 @@ impl Supervisor {
         )
         .await;
     }
+}
+
+/// Resolves on SIGTERM or SIGINT: what the binary hands [`Worker::run`].
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
 }

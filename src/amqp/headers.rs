@@ -1,9 +1,12 @@
-//! The message headers this worker reads and writes (SPEC section 5), and the reasons a
-//! dead letter carries. Reading never fails: a header of the wrong type is treated as
-//! absent or clamped, never trusted and never fatal.
+//! The header codec: the message headers this worker reads and writes (SPEC section 5), as
+//! typed values ([`RetryState`], [`DeadInfo`], the profile). Every other module reads and
+//! writes them through this one. Reading never fails: a header of the wrong type is treated
+//! as absent or clamped, never trusted and never fatal.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use crate::decide::{DeadReason, Label};
 
 /// The profile id the event names (publisher-set, required).
 pub const PROFILE: &str = "profile";
@@ -31,35 +34,96 @@ pub const RETRY_STATE: [&str; 7] = [
     DEAD_AT,
 ];
 
-/// Why an event was dead-lettered (`x-dead-reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadReason {
-    UnknownProfile,
-    /// No `profile` header, or one that is not a string.
-    MissingProfile,
-    PermanentStatus,
-    MaxAttempts,
-    Expired,
-    PayloadTooLarge,
-    /// A `message_id` that cannot be sent as the `webhook-id` header.
-    InvalidMessageId,
-    /// The callback URL resolves to an address the network guard refuses (SPEC section 10).
-    BlockedDestination,
+/// The worker's own state on an event, carried in its headers from one delivery to the
+/// next: retries and deferrals keep no state in the process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryState {
+    /// `x-attempt`: attempts made so far.
+    pub attempts: u32,
+    /// `x-deferrals`: times deferred without an attempt.
+    pub deferrals: u32,
+    /// `x-first-attempt`: unix milliseconds of the first attempt, for events without an
+    /// AMQP timestamp.
+    pub first_attempt_ms: Option<u64>,
 }
 
-impl DeadReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UnknownProfile => "unknown_profile",
-            Self::MissingProfile => "missing_profile",
-            Self::PermanentStatus => "permanent_status",
-            Self::MaxAttempts => "max_attempts",
-            Self::Expired => "expired",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::InvalidMessageId => "invalid_message_id",
-            Self::BlockedDestination => "blocked_destination",
+impl RetryState {
+    /// Never fails: a header of the wrong type or sign is absent or clamped.
+    pub fn read(h: Option<&FieldTable>) -> Self {
+        Self {
+            attempts: count(h, ATTEMPT),
+            deferrals: count(h, DEFERRALS),
+            first_attempt_ms: get(h, FIRST_ATTEMPT)
+                .and_then(as_int)
+                .and_then(|ms| u64::try_from(ms).ok()),
         }
     }
+
+    /// Into `h`: each field that is set (a zero count is left out, as a publisher sends it).
+    pub fn write(&self, h: &mut FieldTable) {
+        for (name, n) in [(ATTEMPT, self.attempts), (DEFERRALS, self.deferrals)] {
+            if n > 0 {
+                h.insert(name.into(), count_value(n));
+            }
+        }
+        if let Some(ms) = self.first_attempt_ms {
+            h.insert(FIRST_ATTEMPT.into(), AMQPValue::LongLongInt(clamp_i64(ms)));
+        }
+    }
+}
+
+/// What a dead letter carries besides the event (SPEC section 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadInfo {
+    /// `x-dead-reason`; `None` when missing or not one this version knows.
+    pub reason: Option<DeadReason>,
+    /// `x-last-status`: the last HTTP status, if the endpoint answered.
+    pub status: Option<u16>,
+    /// `x-last-error`.
+    pub error: String,
+    /// `x-attempt`.
+    pub attempts: u32,
+    /// `x-dead-at`: unix milliseconds.
+    pub dead_at_ms: Option<u64>,
+}
+
+impl DeadInfo {
+    pub fn read(h: Option<&FieldTable>) -> Self {
+        Self {
+            reason: get(h, DEAD_REASON)
+                .and_then(as_text)
+                .and_then(DeadReason::parse),
+            status: get(h, LAST_STATUS)
+                .and_then(as_int)
+                .and_then(|n| u16::try_from(n).ok()),
+            error: get(h, LAST_ERROR)
+                .and_then(as_text)
+                .unwrap_or_default()
+                .to_owned(),
+            attempts: count(h, ATTEMPT),
+            dead_at_ms: get(h, DEAD_AT)
+                .and_then(as_int)
+                .and_then(|ms| u64::try_from(ms).ok()),
+        }
+    }
+
+    pub fn write(&self, h: &mut FieldTable) {
+        if let Some(reason) = self.reason {
+            h.insert(DEAD_REASON.into(), text(reason.as_str()));
+        }
+        if let Some(status) = self.status {
+            h.insert(LAST_STATUS.into(), AMQPValue::LongInt(i32::from(status)));
+        }
+        h.insert(LAST_ERROR.into(), text(&self.error));
+        h.insert(ATTEMPT.into(), count_value(self.attempts));
+        if let Some(ms) = self.dead_at_ms {
+            h.insert(DEAD_AT.into(), AMQPValue::LongLongInt(clamp_i64(ms)));
+        }
+    }
+}
+
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 pub fn text(s: &str) -> AMQPValue {
@@ -185,6 +249,38 @@ mod tests {
             assert_eq!(count(Some(&t), ATTEMPT), want, "{value:?}");
         }
         assert_eq!(count_value(u32::MAX), AMQPValue::LongInt(i32::MAX));
+    }
+
+    #[test]
+    fn retry_state_and_dead_info_round_trip() {
+        let state = RetryState {
+            attempts: 3,
+            deferrals: 0,
+            first_attempt_ms: Some(1_700_000_000_000),
+        };
+        let mut t = FieldTable::default();
+        state.write(&mut t);
+        assert!(
+            get(Some(&t), DEFERRALS).is_none(),
+            "a zero count is left out"
+        );
+        assert_eq!(RetryState::read(Some(&t)), state);
+        let dead = DeadInfo {
+            reason: Some(DeadReason::PermanentStatus),
+            status: Some(410),
+            error: "HTTP 410: gone".into(),
+            attempts: 2,
+            dead_at_ms: Some(5),
+        };
+        let mut t = FieldTable::default();
+        dead.write(&mut t);
+        assert_eq!(DeadInfo::read(Some(&t)), dead);
+        let odd = table(&[
+            (DEAD_REASON, text("from_the_future")),
+            (LAST_STATUS, text("x")),
+        ]);
+        let read = DeadInfo::read(Some(&odd));
+        assert_eq!((read.reason, read.status), (None, None));
     }
 
     #[test]

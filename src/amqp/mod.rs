@@ -8,5 +8,5 @@ pub mod topology;
 pub use connection::{
     PublishError, confirmed, connect, publish_confirmed, publish_mandatory, redacted,
 };
-pub use headers::DeadReason;
+pub use headers::{DeadInfo, RetryState};
 pub use topology::{Topology, TopologyError};

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::oauth2::{AuthError, OAuth2, Token};
+use crate::decide::Label;
 use crate::metrics::{ProfileMetrics, TokenOutcome};
 
 /// Everything a fetch needs: the profile's settings, its HTTP client and its series.
@@ -22,7 +23,13 @@ pub struct Source<'a> {
 pub async fn fetch(src: &Source<'_>) -> Result<Token, AuthError> {
     let result = match src.blocked {
         Some(why) => Err(AuthError::Blocked(why.to_owned())),
-        None => src.oauth.fetch(src.client).await,
+        None => match tokio::time::timeout(src.timeout, src.oauth.fetch(src.client)).await {
+            Ok(result) => result,
+            Err(_) => Err(AuthError::Transport(format!(
+                "timed out after {}",
+                humantime::format_duration(src.timeout)
+            ))),
+        },
     };
     let outcome = match &result {
         Ok(token) => {
@@ -31,11 +38,11 @@ pub async fn fetch(src: &Source<'_>) -> Result<Token, AuthError> {
                 .duration_since(SystemTime::now())
                 .unwrap_or_default()
                 .as_secs();
-            tracing::info!(profile = src.profile, outcome = "success", scheme = %token.scheme, expires_in_s = expires_in, "auth token fetched");
+            tracing::info!(profile = src.profile, outcome = TokenOutcome::Success.as_str(), scheme = %token.scheme, expires_in_s = expires_in, "auth token fetched");
             TokenOutcome::Success
         }
         Err(err) => {
-            tracing::warn!(profile = src.profile, outcome = "failure", error = %err, "auth token request failed");
+            tracing::warn!(profile = src.profile, outcome = TokenOutcome::Failure.as_str(), error = %err, "auth token request failed");
             TokenOutcome::Failure
         }
     };

@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::assertion::{ASSERTION_TYPE, Assertion};
 use super::token::{self, ExtractError, ResponseShape};
+use crate::decide::Health;
 use crate::http;
 
 /// The largest auth response read; a token response is a few KiB at most.
@@ -138,6 +139,21 @@ pub enum AuthError {
     Response(#[from] ExtractError),
     #[error("client assertion could not be signed: {0}")]
     Assertion(String),
+}
+
+impl AuthError {
+    /// What the failure says about the profile, for its circuit breaker (SPEC section 4): an
+    /// auth server that times out, cannot be reached or answers 5xx or 429 is down; one that
+    /// refuses the credentials (another 4xx) or answers something unusable is up, and a
+    /// refused address or an unsignable assertion never reached it.
+    pub fn health(&self) -> Health {
+        match self {
+            Self::Transport(_) => Health::Down,
+            Self::Status { status, .. } if *status == 429 || *status >= 500 => Health::Down,
+            Self::Status { .. } | Self::Response(_) => Health::Up,
+            Self::Blocked(_) | Self::Assertion(_) => Health::Unknown,
+        }
+    }
 }
 
 impl OAuth2 {

@@ -14,23 +14,23 @@ use anyhow::Context;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::round_secs;
-use crate::amqp::headers::{
-    self, ATTEMPT, DEAD_AT, DEAD_REASON, LAST_ERROR, LAST_STATUS, RETRY_STATE,
-};
+use crate::amqp::headers::{self, DeadInfo, RETRY_STATE};
 use crate::amqp::{self, Topology};
 use crate::config::Config;
+use crate::decide::{DeadReason, Label};
 
 /// One dead-lettered event, as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub id: String,
     pub profile: String,
-    pub reason: String,
-    pub last_status: Option<i64>,
+    /// `None`: no `x-dead-reason`, or one this version does not know.
+    pub reason: Option<DeadReason>,
+    pub last_status: Option<u16>,
     pub last_error: String,
     pub attempts: u32,
     /// Since it was dead-lettered.
@@ -38,39 +38,20 @@ pub struct DeadLetter {
     pub body_bytes: usize,
 }
 
-fn text_of(v: Option<&AMQPValue>) -> String {
-    match v {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "-".into(),
-    }
-}
-
-fn int_of(v: Option<&AMQPValue>) -> Option<i64> {
-    match v? {
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        _ => None,
-    }
-}
-
 fn describe(props: &BasicProperties, body_bytes: usize) -> DeadLetter {
     let h = props.headers().as_ref();
-    let dead_at = int_of(headers::get(h, DEAD_AT)).and_then(|ms| u64::try_from(ms).ok());
+    let info = DeadInfo::read(h);
     DeadLetter {
         id: props
             .message_id()
             .as_ref()
             .map_or("-".into(), |s| s.to_string()),
         profile: headers::profile(h).unwrap_or_else(|_| "-".into()),
-        reason: text_of(headers::get(h, DEAD_REASON)),
-        last_status: int_of(headers::get(h, LAST_STATUS)),
-        last_error: text_of(headers::get(h, LAST_ERROR)),
-        attempts: headers::count(h, ATTEMPT),
-        age: dead_at.and_then(|ms| {
+        reason: info.reason,
+        last_status: info.status,
+        last_error: info.error,
+        attempts: info.attempts,
+        age: info.dead_at_ms.and_then(|ms| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH + Duration::from_millis(ms))
                 .ok()
@@ -232,7 +213,7 @@ pub fn dead_letter_table(rows: &[DeadLetter], total: u32) -> String {
             "{:<36} {:<16} {:<18} {:>6} {:>8} {:>10}  {}\n",
             r.id,
             r.profile,
-            r.reason,
+            r.reason.map_or("-", DeadReason::as_str),
             status,
             r.attempts,
             age,
@@ -240,4 +221,23 @@ pub fn dead_letter_table(rows: &[DeadLetter], total: u32) -> String {
         ));
     }
     out
+}
+
+/// `dead-letters list` as the command prints it.
+pub async fn list_report(config: &Config, limit: usize) -> anyhow::Result<String> {
+    let (rows, total) = list(config, limit).await?;
+    Ok(dead_letter_table(&rows, total))
+}
+
+/// `dead-letters replay` as the command prints it.
+pub async fn replay_report(
+    config: &Config,
+    profile: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<String> {
+    let r = replay(config, profile, limit).await?;
+    Ok(format!(
+        "replayed {} event(s) to the work queue; {} of other profiles left in place\n",
+        r.moved, r.skipped
+    ))
 }

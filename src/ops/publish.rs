@@ -83,3 +83,30 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
     let _ = conn.close(200, "done".into()).await;
     Ok(ids)
 }
+
+/// The body from `file`, else from standard input.
+pub fn read_body(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    match file {
+        Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display())),
+        None => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                .context("reading standard input")?;
+            Ok(b)
+        }
+    }
+}
+
+/// `publish` as the command prints it.
+pub async fn run(config: &Config, req: &Request) -> anyhow::Result<String> {
+    let ids = publish(config, req).await?;
+    Ok(match ids.as_slice() {
+        [one] => format!("published {one}\n"),
+        many => format!(
+            "published {} events ({} .. {})\n",
+            many.len(),
+            many[0],
+            many[many.len() - 1]
+        ),
+    })
+}

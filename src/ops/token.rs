@@ -1,6 +1,7 @@
 //! `token --profile ID`: one real token request, as the worker would make it (same client,
 //! TLS and network guard), for debugging a customer's setup.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use anyhow::bail;
@@ -9,8 +10,8 @@ use secrecy::ExposeSecret;
 use super::round_secs;
 use crate::auth::{AuthError, Token};
 use crate::config::Config;
-use crate::guard::Guard;
-use crate::http;
+use crate::metrics::Metrics;
+use crate::profiles::Registry;
 
 /// The token redacted to its first 6 characters.
 pub fn redact_token(token: &str) -> String {
@@ -18,7 +19,9 @@ pub fn redact_token(token: &str) -> String {
     format!("{head}… ({} chars, redacted)", token.chars().count())
 }
 
-/// Ok: the report; Err: the failure report (status and error body).
+/// Ok: the report; Err: the failure report (status and error body). The request goes
+/// through the profile's runtime as the worker builds it: its HTTP client (TLS, network
+/// guard), its timeout, its auth settings.
 pub async fn token(config: &Config, profile_id: &str) -> anyhow::Result<String> {
     let Some(profile) = config.profiles.get(profile_id) else {
         bail!("no profile {profile_id:?} in the configuration");
@@ -26,22 +29,20 @@ pub async fn token(config: &Config, profile_id: &str) -> anyhow::Result<String> 
     let Some(oauth) = profile.auth.oauth2() else {
         bail!("profile {profile_id:?} has no Advanced Authentication (auth.type: oauth2)");
     };
-    let d = &config.delivery;
-    let guard = Guard::new(d.allow_networks.clone());
     let target = format!(
         "{}{}",
         oauth.url.origin().ascii_serialization(),
         oauth.url.path()
     );
-    if let Err(blocked) = guard.check_literal(&oauth.url) {
+    let registry = Registry::new(config, Arc::new(Metrics::new()));
+    let snapshot = registry.load();
+    let endpoint = snapshot
+        .endpoint(profile_id)
+        .expect("every configured profile has a runtime");
+    if let Some(blocked) = &endpoint.auth_blocked {
         bail!("profile {profile_id}: token request to {target} refused: {blocked}");
     }
-    let (identity, roots) = profile
-        .tls
-        .as_ref()
-        .map_or((None, Vec::new()), |t| (t.identity(), t.roots()));
-    let client = http::client(d.connect_timeout, d.timeout, &guard, identity, roots);
-    match oauth.fetch(&client).await {
+    match endpoint.fetch_token().await {
         Ok(t) => Ok(report(profile_id, &t)),
         Err(e) => {
             let mut out = format!("profile {profile_id}: token request to {target} failed: {e}");

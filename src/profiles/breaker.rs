@@ -14,21 +14,13 @@
 use std::time::{Duration, Instant};
 
 use crate::config::BreakerSettings;
+pub use crate::decide::Health;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Closed { failures: u32 },
     Open { until: Instant },
     Probing,
-}
-
-/// What an attempt's result says about the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Up,
-    Down,
-    /// The attempt never reached the endpoint.
-    Unknown,
 }
 
 /// May an event be attempted now?

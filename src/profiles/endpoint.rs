@@ -9,9 +9,10 @@ use crate::auth::fetch::Source;
 use crate::auth::shared::SharedTokens;
 use crate::auth::{Auth, AuthError, Credential, Token, TokenSlot};
 use crate::config::Profile;
+use crate::decide::{AttemptResult, Reading};
 use crate::metrics::ProfileMetrics;
 use crate::profiles::breaker::Change;
-use crate::profiles::gate::Gate;
+use crate::profiles::gate::{Gate, Pass};
 
 pub struct Endpoint {
     pub profile: Arc<Profile>,
@@ -70,6 +71,14 @@ impl Endpoint {
         }
     }
 
+    /// One fresh token request, past the cache: the `token` command's.
+    pub async fn fetch_token(&self) -> Result<Token, AuthError> {
+        let src = self.source().ok_or_else(|| {
+            AuthError::Transport("the profile has no Advanced Authentication".into())
+        })?;
+        crate::auth::fetch::fetch(&src).await
+    }
+
     /// The callback URL answered 401 to `used`.
     pub async fn reject(&self, used: &Arc<Token>) {
         if let Some(src) = self.source() {
@@ -77,9 +86,17 @@ impl Endpoint {
         }
     }
 
-    /// Log a breaker change (warn when it opens, info when it closes) and set the gauge.
-    pub fn breaker_changed(&self, change: Change, open: bool, last_error: &str) {
+    /// An attempt is over: its health goes to the breaker, and a change of the breaker is
+    /// logged (warn when it opens, info when it closes) and shown in `circuit_open`.
+    pub fn finish(&self, pass: Pass, reading: &Reading) {
+        let (change, open) = pass.finish(reading.health);
         let profile = &*self.profile.id;
+        let last_error = match &reading.result {
+            AttemptResult::Delivered { .. } => "",
+            AttemptResult::Permanent { error, .. }
+            | AttemptResult::Retryable { error, .. }
+            | AttemptResult::Blocked { error } => error,
+        };
         match change {
             Change::None => return,
             Change::Opened => {

@@ -21,7 +21,7 @@
 //!   reload keeps whichever ones' settings did not change.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
@@ -29,9 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admit, Breaker, Change, Health};
-use super::window::Window;
+use super::window::{Window, micros};
 use crate::config::{BreakerSettings, RateLimit};
-use crate::metrics::DeferReason;
+use crate::decide::DeferReason;
 
 /// The longest an event waits in memory before it is deferred.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
@@ -45,12 +45,6 @@ type Bucket = RateLimiter<
     governor::state::InMemoryState,
     governor::clock::QuantaClock,
 >;
-
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-pub(super) fn micros(at: Instant) -> u64 {
-    at.saturating_duration_since(*EPOCH).as_micros() as u64
-}
 
 /// How a profile's attempts are going.
 #[derive(Debug, Default)]

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_util::sync::CancellationToken;
 
 pub use endpoint::Endpoint;
 pub use window::Window;
@@ -57,9 +59,12 @@ impl Snapshot {
     }
 }
 
-/// The swappable set of profile runtimes.
+/// The swappable set of profile runtimes, and the attempts all profiles share.
 pub struct Registry {
     current: ArcSwap<Snapshot>,
+    /// `delivery.concurrency`: attempts in flight across all profiles. Only an attempt
+    /// (sign, send) holds one: events waiting for their profile's turn or token hold none.
+    attempts: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     shared: Option<Arc<SharedTokens>>,
 }
@@ -82,6 +87,7 @@ impl Registry {
         let first = build(config, None, &metrics, shared.as_ref());
         Self {
             current: ArcSwap::from_pointee(first),
+            attempts: Arc::new(Semaphore::new(config.delivery.concurrency)),
             metrics,
             shared,
         }
@@ -102,8 +108,38 @@ impl Registry {
         )
     }
 
+    /// Put `next` in force; a change of `delivery.concurrency` resizes the shared attempts.
     pub fn store(&self, next: Snapshot) {
+        let (old, new) = (self.load().delivery.concurrency, next.delivery.concurrency);
         self.current.store(Arc::new(next));
+        resize(&self.attempts, old, new);
+    }
+
+    /// One of the attempts all profiles share, or `None` when shutdown comes first.
+    pub async fn attempt_slot(&self, shutdown: &CancellationToken) -> Option<SemaphorePermit<'_>> {
+        if let Ok(slot) = self.attempts.try_acquire() {
+            return Some(slot);
+        }
+        tokio::select! {
+            slot = self.attempts.acquire() => slot.ok(),
+            () = shutdown.cancelled() => None,
+        }
+    }
+}
+
+/// Change the number of attempts allowed at once across profiles.
+fn resize(attempts: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        attempts.add_permits(new - old);
+    } else if new < old {
+        let attempts = attempts.clone();
+        let fewer = (old - new) as u32;
+        // Take the surplus as attempts finish, and never give it back.
+        tokio::spawn(async move {
+            if let Ok(p) = attempts.acquire_many_owned(fewer).await {
+                p.forget();
+            }
+        });
     }
 }
 

@@ -1,10 +1,16 @@
 //! The prefetch window that all profiles share, and each one's fair share of it
 //! (SPEC section 9).
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::gate::micros;
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Microseconds since the process's first look at the clock: instants that fit an atomic.
+pub(super) fn micros(at: Instant) -> u64 {
+    at.saturating_duration_since(*EPOCH).as_micros() as u64
+}
 
 /// The prefetch window, shared by all profiles.
 #[derive(Debug)]

@@ -1,0 +1,50 @@
+//! Logs: how the process writes them, set up once by the binary.
+//!
+//! Design decisions:
+//! - Logs go to stderr through a writer thread that batches lines while the worker is busy
+//!   and flushes as soon as it is idle: the per-event log line costs a channel send, not a
+//!   write system call. The guard flushes what is left when it is dropped.
+//! - JSON lines carry the fields of the span they were written in (`span`: the event's id
+//!   and profile, see [`crate::dispatch`]), not the whole list of enclosing spans.
+//! - lapin dumps whole AMQP frames at TRACE, the connection's SASL response (the broker
+//!   password) included: those never reach the output, whatever `RUST_LOG` says.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Flushes the log writer when dropped; hold it for the life of the process.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+/// Install the process's log output: `format`, level from `RUST_LOG`, else `default_level`.
+pub fn init_logs(format: LogFormat, default_level: &str) -> LogGuard {
+    use tracing_subscriber::prelude::*;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let no_frames = tracing_subscriber::filter::filter_fn(|m| {
+        !(m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE)
+    });
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let layer = match format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(no_frames))
+        .init();
+    guard
+}
