@@ -63,7 +63,8 @@ pub struct Settler<'a> {
 
 impl Settler<'_> {
     /// The event back into a delay queue with `set` changed in its headers, keeping its id
-    /// and, when it has no AMQP timestamp, when it was first attempted.
+    /// and when it was first attempted (`max_age` counts from it when the event has no
+    /// usable AMQP timestamp: none, or one too far in the future).
     async fn delay(
         &self,
         delivery: &Delivery,
@@ -80,12 +81,10 @@ impl Settler<'_> {
             .with_expiration(plan.expiration_ms.to_string().into());
         if let Some(e) = event {
             props = props.with_message_id(e.id.as_str().into());
-            if delivery.properties.timestamp().is_none() {
-                h.insert(
-                    FIRST_ATTEMPT.into(),
-                    AMQPValue::LongLongInt(unix_ms(e.first_attempt)),
-                );
-            }
+            h.insert(
+                FIRST_ATTEMPT.into(),
+                AMQPValue::LongLongInt(unix_ms(e.first_attempt)),
+            );
         }
         let queue = self.topology.delay_queue(plan.queue_delay_ms);
         publish_confirmed(self.publisher, "", &queue, body, props.with_headers(h)).await
