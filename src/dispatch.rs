@@ -69,7 +69,7 @@ impl Dispatcher {
                 Ok(e) => Facts {
                     attempts_before: e.attempts_before,
                     deferrals_before: e.deferrals_before,
-                    age: now.duration_since(e.born).unwrap_or_default(),
+                    age: e.age(now),
                 },
                 Err(_) => Facts {
                     attempts_before: RetryState::read(delivery.properties.headers().as_ref())

@@ -9,80 +9,244 @@
 //!   answer refuses the whole answer.
 //! - A URL whose host is an IP literal never reaches a resolver; the runtime checks it once,
 //!   when the profile's runtime is built ([`Guard::check_literal`]).
-//! - IPv4-mapped, IPv4-compatible and NAT64 (64:ff9b::/96) IPv6 forms are judged by the IPv4
-//!   address they carry.
+//! - The table ([`V4_TABLE`], [`V6_TABLE`]) is the IANA IPv4 and IPv6 Special-Purpose Address
+//!   Registries: every range they mark as not globally reachable is blocked, and the most
+//!   specific row that holds an address decides (longest prefix). Added to the registries:
+//!   multicast (`224.0.0.0/4`, `ff00::/8`), deprecated site-local `fec0::/10`, and every IPv6
+//!   address outside global unicast `2000::/3` that no row names (unassigned space).
+//! - Deliberately stricter than the registries: all of `192.0.0.0/24` and `2001::/23` are
+//!   blocked, including the anycast addresses the registries mark globally reachable there
+//!   (`192.0.0.9` PCP, `192.0.0.10` TURN, `2001:1::1`-`2001:1::3`): anycast reaches the
+//!   *nearest* server, usually inside the operator's own network, and none of them is a
+//!   webhook receiver. The deprecated 6to4 relay anycast `192.88.99.0/24` is blocked too.
+//! - Addresses that carry an IPv4 address are judged by it: IPv4-mapped `::ffff:0:0/96`,
+//!   IPv4-compatible `::/96`, IPv4-translated `::ffff:0:0:0/96`, NAT64 `64:ff9b::/96` and the
+//!   local-use `64:ff9b:1::/48` (the IPv4 address in the last 32 bits, as with a /96 NAT64
+//!   prefix carved from it), 6to4 `2002::/16` (bits 16 to 48) and Teredo `2001::/32` (the
+//!   client's address: the last 32 bits inverted). Teredo itself is not blocked: a Teredo
+//!   address stands for its client, and the client's address decides.
 //! - Proxies are off (`no_proxy`): a proxy would resolve names where the guard cannot see.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use ipnet::IpNet;
 
+/// What a row of the table says about the addresses in its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Blocked,
+    /// A globally reachable range inside a blocked one.
+    Allowed,
+    /// Judged by the IPv4 address it carries.
+    Carries(Carrier),
+}
+
+/// Where an IPv6 address carries an IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// The last 32 bits (mapped, compatible, translated, NAT64).
+    Last32,
+    /// Bits 16 to 48 (6to4).
+    SixToFour,
+    /// The last 32 bits inverted: the Teredo client's address.
+    Teredo,
+}
+
+impl Carrier {
+    fn extract(self, ip: Ipv6Addr) -> Ipv4Addr {
+        let bits = u128::from(ip);
+        match self {
+            Carrier::Last32 => Ipv4Addr::from(bits as u32),
+            Carrier::SixToFour => Ipv4Addr::from((bits >> 80) as u32),
+            Carrier::Teredo => Ipv4Addr::from(!(bits as u32)),
+        }
+    }
+}
+
+/// One row of the table: a range, its name as the registry gives it, and its verdict.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Row {
+    pub cidr: &'static str,
+    pub name: &'static str,
+    /// Said after the range, e.g. `cloud metadata`.
+    pub note: &'static str,
+    pub kind: Kind,
+}
+
+const fn row(cidr: &'static str, name: &'static str, kind: Kind) -> Row {
+    Row {
+        cidr,
+        name,
+        note: "",
+        kind,
+    }
+}
+
+const B: Kind = Kind::Blocked;
+
+/// The IANA IPv4 Special-Purpose Address Registry's ranges that are not globally reachable,
+/// and multicast.
+pub const V4_TABLE: &[Row] = &[
+    row("0.0.0.0/8", "unspecified", B),
+    row("10.0.0.0/8", "private", B),
+    row("100.64.0.0/10", "carrier-grade NAT", B),
+    row("127.0.0.0/8", "loopback", B),
+    Row {
+        cidr: "169.254.0.0/16",
+        name: "link-local",
+        note: "cloud metadata",
+        kind: B,
+    },
+    row("172.16.0.0/12", "private", B),
+    row("192.0.0.0/24", "IETF protocol assignments", B),
+    row("192.0.2.0/24", "documentation (TEST-NET-1)", B),
+    row("192.88.99.0/24", "deprecated 6to4 relay anycast", B),
+    row("192.168.0.0/16", "private", B),
+    row("198.18.0.0/15", "benchmarking", B),
+    row("198.51.100.0/24", "documentation (TEST-NET-2)", B),
+    row("203.0.113.0/24", "documentation (TEST-NET-3)", B),
+    row("224.0.0.0/4", "multicast", B),
+    row("240.0.0.0/4", "reserved", B),
+    row("255.255.255.255/32", "broadcast", B),
+];
+
+/// The IANA IPv6 Special-Purpose Address Registry's ranges that are not globally reachable,
+/// the forms that carry an IPv4 address, multicast and site-local. Every other address
+/// outside `2000::/3` is blocked as unassigned ([`UNASSIGNED_V6`]).
+pub const V6_TABLE: &[Row] = &[
+    row("::/128", "unspecified", B),
+    row("::1/128", "loopback", B),
+    row("::/96", "IPv4-compatible", Kind::Carries(Carrier::Last32)),
+    row(
+        "::ffff:0:0/96",
+        "IPv4-mapped",
+        Kind::Carries(Carrier::Last32),
+    ),
+    row(
+        "::ffff:0:0:0/96",
+        "IPv4-translated",
+        Kind::Carries(Carrier::Last32),
+    ),
+    row("64:ff9b::/96", "NAT64", Kind::Carries(Carrier::Last32)),
+    row(
+        "64:ff9b:1::/48",
+        "local-use NAT64",
+        Kind::Carries(Carrier::Last32),
+    ),
+    row("100::/64", "discard-only", B),
+    row("100:0:0:1::/64", "dummy prefix", B),
+    row("2001::/23", "IETF protocol assignments", B),
+    row("2001::/32", "Teredo", Kind::Carries(Carrier::Teredo)),
+    row("2001:3::/32", "AMT", Kind::Allowed),
+    row("2001:4:112::/48", "AS112", Kind::Allowed),
+    row("2001:20::/28", "ORCHIDv2", Kind::Allowed),
+    row("2001:30::/28", "drone remote ID", Kind::Allowed),
+    row("2001:db8::/32", "documentation", B),
+    row("2002::/16", "6to4", Kind::Carries(Carrier::SixToFour)),
+    row("3fff::/20", "documentation", B),
+    row("5f00::/16", "segment routing", B),
+    row("fc00::/7", "unique-local", B),
+    row("fe80::/10", "link-local", B),
+    row("fec0::/10", "site-local", B),
+    row("ff00::/8", "multicast", B),
+];
+
+/// What an IPv6 address outside `2000::/3` that no row names is: not assigned for use.
+pub const UNASSIGNED_V6: Row = row("not 2000::/3", "unassigned", B);
+
+static PARSED: LazyLock<Vec<(IpNet, &'static Row)>> = LazyLock::new(|| {
+    V4_TABLE
+        .iter()
+        .chain(V6_TABLE)
+        .map(|r| (r.cidr.parse().expect("the table's CIDRs parse"), r))
+        .collect()
+});
+
+/// The most specific row that holds `ip`, if any.
+fn row_of(ip: IpAddr) -> Option<&'static Row> {
+    PARSED
+        .iter()
+        .filter(|(net, _)| net.contains(&ip))
+        .max_by_key(|(net, _)| net.prefix_len())
+        .map(|(_, r)| *r)
+}
+
 /// An address the guard refused. Safe to log: it names the address and its range only.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{addr} is {range}, which the network guard blocks (allow it with delivery.allow_networks)"
-)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
     pub addr: IpAddr,
-    pub range: &'static str,
+    /// The blocked row: of `addr`, or of the IPv4 address it carries.
+    pub row: &'static Row,
+    /// The IPv6 form that carries an IPv4 address, and that address.
+    pub carried: Option<(&'static Row, Ipv4Addr)>,
 }
 
-/// Which blocked range `ip` is in, if any. Pure.
-pub fn blocked_range(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => v4_range(v4),
-        IpAddr::V6(v6) => v6_range(v6),
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if let Some((form, v4)) = self.carried {
+            write!(f, " ({} {} of {v4})", form.name, single(form.cidr))?;
+        }
+        let Row {
+            name, cidr, note, ..
+        } = self.row;
+        let cidr = single(cidr);
+        let note = if note.is_empty() {
+            String::new()
+        } else {
+            format!(", {note}")
+        };
+        write!(
+            f,
+            " is {name} ({cidr}{note}), which the network guard blocks (allow it with delivery.allow_networks)"
+        )
     }
 }
 
-fn v4_range(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = ip.octets();
-    Some(match (a, b) {
-        _ if ip.is_unspecified() || a == 0 => "unspecified (0.0.0.0/8)",
-        (127, _) => "loopback (127.0.0.0/8)",
-        (10, _) => "private (10.0.0.0/8)",
-        (172, 16..=31) => "private (172.16.0.0/12)",
-        (192, 168) => "private (192.168.0.0/16)",
-        (169, 254) => "link-local (169.254.0.0/16, cloud metadata)",
-        (100, 64..=127) => "carrier-grade NAT (100.64.0.0/10)",
-        (224..=239, _) => "multicast (224.0.0.0/4)",
-        _ if ip.is_broadcast() => "broadcast",
-        (240..=255, _) => "reserved (240.0.0.0/4)",
-        _ => return None,
-    })
+impl std::error::Error for Blocked {}
+
+/// A one-address range as the address alone (`::1`, not `::1/128`).
+fn single(cidr: &str) -> &str {
+    cidr.strip_suffix("/128")
+        .or_else(|| cidr.strip_suffix("/32").filter(|a| !a.contains(':')))
+        .unwrap_or(cidr)
 }
 
-fn v6_range(ip: Ipv6Addr) -> Option<&'static str> {
-    if ip.is_unspecified() {
-        return Some("unspecified (::)");
-    }
-    if ip.is_loopback() {
-        return Some("loopback (::1)");
-    }
-    if let Some(v4) = embedded_v4(ip) {
-        return v4_range(v4);
-    }
-    let first = ip.segments()[0];
-    Some(match first {
-        0xfc00..=0xfdff => "unique-local (fc00::/7)",
-        0xfe80..=0xfebf => "link-local (fe80::/10)",
-        0xfec0..=0xfeff => "site-local (fec0::/10)",
-        0xff00..=0xffff => "multicast (ff00::/8)",
-        _ => return None,
-    })
-}
-
-/// The IPv4 address an IPv6 address stands for: mapped (`::ffff:a.b.c.d`), compatible
-/// (`::a.b.c.d`) or NAT64 (`64:ff9b::a.b.c.d`).
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = ip.segments();
-    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _]
-        | [0, 0, 0, 0, 0, 0, _, _]
-        | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
+/// The IPv4 address `ip` is judged by, if it carries one.
+pub fn carried_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    match row_of(ip)?.kind {
+        Kind::Carries(carrier) => Some(carrier.extract(v6)),
         _ => None,
+    }
+}
+
+/// Why `ip` is blocked, if it is, before any `allow_networks`. Pure.
+pub fn blocked(ip: IpAddr) -> Option<Blocked> {
+    let row = match row_of(ip) {
+        Some(row) => row,
+        // Global unicast is 2000::/3: the first three bits 001.
+        None if matches!(ip, IpAddr::V6(v6) if u128::from(v6) >> 125 != 0b001) => &UNASSIGNED_V6,
+        None => return None,
+    };
+    match row.kind {
+        Kind::Blocked => Some(Blocked {
+            addr: ip,
+            row,
+            carried: None,
+        }),
+        Kind::Allowed => None,
+        Kind::Carries(carrier) => {
+            let IpAddr::V6(v6) = ip else { return None };
+            let v4 = carrier.extract(v6);
+            let inner = blocked(IpAddr::V4(v4))?;
+            Some(Blocked {
+                addr: ip,
+                row: inner.row,
+                carried: Some((row, v4)),
+            })
+        }
     }
 }
 
@@ -99,14 +263,13 @@ impl Guard {
         }
     }
 
+    /// Refuse `ip` if the table blocks it and no allowed network holds it, or the IPv4
+    /// address it carries.
     pub fn check(&self, ip: IpAddr) -> Result<(), Blocked> {
-        let Some(range) = blocked_range(ip) else {
+        let Some(refusal) = blocked(ip) else {
             return Ok(());
         };
-        let canonical = match ip {
-            IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let canonical = carried_v4(ip).map_or(ip, IpAddr::V4);
         if self
             .allow
             .iter()
@@ -114,7 +277,7 @@ impl Guard {
         {
             Ok(())
         } else {
-            Err(Blocked { addr: ip, range })
+            Err(refusal)
         }
     }
 
@@ -152,47 +315,162 @@ impl reqwest::dns::Resolve for Resolver {
 mod tests {
     use super::*;
 
+    /// The guard's table, address by address: `None` = allowed, else the blocked range
+    /// (the carried IPv4 address's range for forms that carry one).
     #[test]
     fn blocked_ranges_table() {
-        for (ip, want) in [
-            ("127.0.0.1", Some("loopback")),
-            ("127.255.255.254", Some("loopback")),
-            ("10.1.2.3", Some("private")),
-            ("172.16.0.1", Some("private")),
-            ("172.31.255.255", Some("private")),
+        let cases: &[(&str, Option<&str>)] = &[
+            // IPv4, registry rows and their edges.
+            ("0.0.0.0", Some("0.0.0.0/8")),
+            ("0.255.255.255", Some("0.0.0.0/8")),
+            ("1.0.0.0", None),
+            ("9.255.255.255", None),
+            ("10.0.0.0", Some("10.0.0.0/8")),
+            ("10.255.255.255", Some("10.0.0.0/8")),
+            ("11.0.0.0", None),
+            ("100.63.255.255", None),
+            ("100.64.0.0", Some("100.64.0.0/10")),
+            ("100.127.255.255", Some("100.64.0.0/10")),
+            ("100.128.0.0", None),
+            ("126.255.255.255", None),
+            ("127.0.0.1", Some("127.0.0.0/8")),
+            ("127.255.255.254", Some("127.0.0.0/8")),
+            ("169.254.169.254", Some("169.254.0.0/16")),
+            ("169.253.255.255", None),
+            ("169.255.0.0", None),
+            ("172.15.255.255", None),
+            ("172.16.0.1", Some("172.16.0.0/12")),
+            ("172.31.255.255", Some("172.16.0.0/12")),
             ("172.32.0.1", None),
-            ("192.168.1.1", Some("private")),
-            ("169.254.169.254", Some("link-local")),
-            ("100.64.0.1", Some("carrier-grade NAT")),
-            ("100.127.255.255", Some("carrier-grade NAT")),
-            ("100.128.0.1", None),
-            ("0.0.0.0", Some("unspecified")),
-            ("224.0.0.1", Some("multicast")),
-            ("255.255.255.255", Some("broadcast")),
+            ("192.0.0.0", Some("192.0.0.0/24")),
+            ("192.0.0.8", Some("192.0.0.0/24")),
+            // Globally reachable per IANA (PCP and TURN anycast), blocked by decision.
+            ("192.0.0.9", Some("192.0.0.0/24")),
+            ("192.0.0.10", Some("192.0.0.0/24")),
+            ("192.0.0.170", Some("192.0.0.0/24")),
+            ("192.0.0.255", Some("192.0.0.0/24")),
+            ("192.0.1.1", None),
+            ("192.0.2.1", Some("192.0.2.0/24")),
+            ("192.0.3.1", None),
+            // AS112 and AMT are globally reachable.
+            ("192.31.196.1", None),
+            ("192.52.193.1", None),
+            ("192.88.99.1", Some("192.88.99.0/24")),
+            ("192.88.98.255", None),
+            ("192.167.255.255", None),
+            ("192.168.1.1", Some("192.168.0.0/16")),
+            ("192.169.0.0", None),
+            ("198.17.255.255", None),
+            ("198.18.0.1", Some("198.18.0.0/15")),
+            ("198.19.255.255", Some("198.18.0.0/15")),
+            ("198.20.0.0", None),
+            ("198.51.100.7", Some("198.51.100.0/24")),
+            ("203.0.113.7", Some("203.0.113.0/24")),
+            ("203.0.114.7", None),
+            ("223.255.255.255", None),
+            ("224.0.0.1", Some("224.0.0.0/4")),
+            ("239.255.255.255", Some("224.0.0.0/4")),
+            ("240.0.0.1", Some("240.0.0.0/4")),
+            ("255.255.255.254", Some("240.0.0.0/4")),
+            ("255.255.255.255", Some("255.255.255.255/32")),
             ("8.8.8.8", None),
             ("93.184.216.34", None),
-            ("::1", Some("loopback")),
-            ("::", Some("unspecified")),
-            ("fd12:3456::1", Some("unique-local")),
-            ("fc00::1", Some("unique-local")),
-            ("fe80::1", Some("link-local")),
-            ("ff02::1", Some("multicast")),
-            ("::ffff:127.0.0.1", Some("loopback")),
-            ("::ffff:169.254.169.254", Some("link-local")),
-            ("::ffff:10.0.0.1", Some("private")),
-            ("::ffff:8.8.8.8", None),
-            ("::127.0.0.1", Some("loopback")),
-            ("64:ff9b::a9fe:a9fe", Some("link-local")),
-            ("64:ff9b::808:808", None),
+            // IPv6 rows.
+            ("::", Some("::/128")),
+            ("::1", Some("::1/128")),
+            ("100::1", Some("100::/64")),
+            ("100:0:0:1::1", Some("100:0:0:1::/64")),
+            ("100:0:0:2::1", Some("not 2000::/3")),
+            ("2001:2::1", Some("2001::/23")),
+            ("2001:1::1", Some("2001::/23")),
+            ("2001:10::1", Some("2001::/23")),
+            ("2001:1ff::1", Some("2001::/23")),
+            ("2001:200::1", None),
+            ("2001:3::1", None),
+            ("2001:4:112::1", None),
+            ("2001:20::1", None),
+            ("2001:30::1", None),
+            ("2001:db8::1", Some("2001:db8::/32")),
+            ("2001:db9::1", None),
+            ("3fff::1", Some("3fff::/20")),
+            ("3fff:fff::1", Some("3fff::/20")),
+            ("3fff:1000::1", None),
+            ("5f00::1", Some("5f00::/16")),
+            ("fc00::1", Some("fc00::/7")),
+            ("fd12:3456::1", Some("fc00::/7")),
+            ("fe80::1", Some("fe80::/10")),
+            ("febf::1", Some("fe80::/10")),
+            ("fec0::1", Some("fec0::/10")),
+            ("ff02::1", Some("ff00::/8")),
+            ("4000::1", Some("not 2000::/3")),
+            ("1::1", Some("not 2000::/3")),
             ("2001:4860:4860::8888", None),
-        ] {
-            let got = blocked_range(ip.parse().unwrap());
-            assert_eq!(
-                got.map(|r| r.split(" (").next().unwrap()),
-                want,
-                "{ip}: {got:?}"
-            );
+            ("2606:4700::1111", None),
+            // IPv6 forms that carry an IPv4 address: judged by it.
+            ("::ffff:127.0.0.1", Some("127.0.0.0/8")),
+            ("::ffff:169.254.169.254", Some("169.254.0.0/16")),
+            ("::ffff:10.0.0.1", Some("10.0.0.0/8")),
+            ("::ffff:8.8.8.8", None),
+            ("::127.0.0.1", Some("127.0.0.0/8")),
+            ("::0.0.0.2", Some("0.0.0.0/8")),
+            ("::8.8.8.8", None),
+            ("::ffff:0:10.0.0.1", Some("10.0.0.0/8")),
+            ("::ffff:0:8.8.8.8", None),
+            ("64:ff9b::a9fe:a9fe", Some("169.254.0.0/16")),
+            ("64:ff9b::808:808", None),
+            ("64:ff9b::c633:6407", Some("198.51.100.0/24")),
+            ("64:ff9b:1::a9fe:a9fe", Some("169.254.0.0/16")),
+            ("64:ff9b:1:ab::7f00:1", Some("127.0.0.0/8")),
+            ("64:ff9b:1::808:808", None),
+            ("64:ff9b:2::808:808", Some("not 2000::/3")),
+            ("2002:a9fe:a9fe::", Some("169.254.0.0/16")),
+            ("2002:a9fe:a9fe:1::1", Some("169.254.0.0/16")),
+            ("2002:7f00:1::", Some("127.0.0.0/8")),
+            ("2002:c612:1::", Some("198.18.0.0/15")),
+            ("2002:808:808::1", None),
+            // Teredo: server 65.54.227.120, client = last 32 bits inverted.
+            ("2001:0:4136:e378:8000:63bf:f5ff:fffe", Some("10.0.0.0/8")),
+            (
+                "2001:0:4136:e378:8000:63bf:5601:56ab",
+                Some("169.254.0.0/16"),
+            ),
+            ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", None),
+        ];
+        for (ip, want) in cases {
+            let got = blocked(ip.parse().unwrap());
+            assert_eq!(got.as_ref().map(|b| b.row.cidr), *want, "{ip}: {got:?}");
         }
+    }
+
+    #[test]
+    fn the_table_is_consistent() {
+        for r in V4_TABLE.iter().chain(V6_TABLE) {
+            let net: IpNet = r.cidr.parse().unwrap();
+            assert_eq!(net, net.trunc(), "{} is not a network address", r.cidr);
+        }
+        // One row per range.
+        let mut cidrs: Vec<_> = V4_TABLE.iter().chain(V6_TABLE).map(|r| r.cidr).collect();
+        cidrs.sort_unstable();
+        let n = cidrs.len();
+        cidrs.dedup();
+        assert_eq!(cidrs.len(), n);
+    }
+
+    #[test]
+    fn refusals_name_the_carried_address() {
+        let text = |ip: &str| blocked(ip.parse().unwrap()).unwrap().to_string();
+        assert_eq!(
+            text("2002:a9fe:a9fe::"),
+            "2002:a9fe:a9fe:: (6to4 2002::/16 of 169.254.169.254) is link-local (169.254.0.0/16, cloud metadata), which the network guard blocks (allow it with delivery.allow_networks)"
+        );
+        assert_eq!(
+            text("::1"),
+            "::1 is loopback (::1), which the network guard blocks (allow it with delivery.allow_networks)"
+        );
+        assert_eq!(
+            text("198.18.0.1"),
+            "198.18.0.1 is benchmarking (198.18.0.0/15), which the network guard blocks (allow it with delivery.allow_networks)"
+        );
     }
 
     #[test]
@@ -207,6 +485,18 @@ mod tests {
         for ip in ["::1", "10.0.0.1", "169.254.169.254", "fc00::1"] {
             assert!(guard.check(ip.parse().unwrap()).is_err(), "{ip}");
         }
+        // An allowed IPv4 network covers every IPv6 form that carries its addresses.
+        let guard = Guard::new(vec!["169.254.0.0/16".parse().unwrap()]);
+        for ip in [
+            "169.254.169.254",
+            "2002:a9fe:a9fe::",
+            "64:ff9b::a9fe:a9fe",
+            "::ffff:169.254.169.254",
+            "2001:0:4136:e378:8000:63bf:5601:5601",
+        ] {
+            assert_eq!(guard.check(ip.parse().unwrap()), Ok(()), "{ip}");
+        }
+        assert!(guard.check("2002:a00:1::".parse().unwrap()).is_err());
         let err = Guard::default()
             .check("169.254.169.254".parse().unwrap())
             .unwrap_err();

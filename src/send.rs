@@ -45,6 +45,14 @@ pub fn query_params(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The query string of a GET or DELETE callback as it is sent, without the `?`: what the
+/// signature covers in place of a body. The request line is built from the same URL text
+/// (`Url::as_str`), so the bytes signed are the bytes sent; the profile URL's own query
+/// parameters, if any, are part of it.
+pub fn signed_query(url: &reqwest::Url) -> String {
+    url.query().unwrap_or_default().to_owned()
+}
+
 /// Sign and send one attempt. Never fails: every outcome is an [`Answer`]. `blocked` is the
 /// network guard's verdict on a literal host, found when the profile's runtime was built.
 pub async fn send(
@@ -68,7 +76,10 @@ pub async fn send(
     // built directly (no builder): this runs for every event.
     let mut headers = profile.headers.clone();
     let mut url = profile.url.clone();
-    let body: &[u8] = if profile.sends_body() {
+    let query: String;
+    // What the signature's body part covers (SPEC section 6): the body, or for GET and
+    // DELETE the query string exactly as it goes on the wire, without the `?`.
+    let signed: &[u8] = if profile.sends_body() {
         let ct = HeaderValue::from_str(&event.content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream"));
         headers.insert(CONTENT_TYPE, ct);
@@ -78,7 +89,8 @@ pub async fn send(
         if !params.is_empty() {
             url.query_pairs_mut().extend_pairs(params);
         }
-        b""
+        query = signed_query(&url);
+        query.as_bytes()
     };
     if let Some(c) = credential {
         headers.insert(c.header.clone(), c.value.clone());
@@ -90,7 +102,7 @@ pub async fn send(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
-        let signature = signer.sign(&event.id, ts, body);
+        let signature = signer.sign(&event.id, ts, signed);
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
         headers.insert(
             WEBHOOK_SIGNATURE,
@@ -163,6 +175,136 @@ mod tests {
                 want.map(Duration::from_secs),
                 "{raw}"
             );
+        }
+    }
+
+    /// One request as a receiver sees it on the wire: the request target and the headers.
+    async fn receive_one(listener: tokio::net::TcpListener) -> (String, Vec<(String, String)>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended before its head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let head = String::from_utf8(head).unwrap();
+        let mut lines = head.split("\r\n");
+        let target = lines.next().unwrap().split(' ').nth(1).unwrap().to_owned();
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        (target, headers)
+    }
+
+    /// What a receiver does with a `v1` signature: HMAC over `id.timestamp.` and, for a GET
+    /// or DELETE, the raw query string of the request target after the `?`.
+    fn receiver_verifies(secret: &str, target: &str, headers: &[(String, String)]) -> bool {
+        use base64::Engine;
+        use hmac::{Hmac, KeyInit, Mac};
+        let h = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
+        };
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{}.{}.{query}", h("webhook-id"), h("webhook-timestamp")).as_bytes());
+        let want = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        h("webhook-signature").split(' ').any(|s| s == want)
+    }
+
+    #[tokio::test]
+    async fn get_and_delete_sign_the_query_string_as_sent() {
+        use crate::sign::{Signer, decode_secret};
+        use secrecy::SecretString;
+        const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let guard = crate::guard::Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        let client = http::client(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            &guard,
+            None,
+            Vec::new(),
+        );
+        // Characters that must be escaped, and a profile URL with its own query parameter.
+        let body = br#"{"amount":1,"note":"a b&c=d/\u00e9+%","ok":true,"nested":{"x":1}}"#;
+        for (method, base) in [
+            (reqwest::Method::GET, "/cb"),
+            (reqwest::Method::DELETE, "/cb?tenant=acme"),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}{base}", listener.local_addr().unwrap());
+            let profile = Profile {
+                id: "acme".into(),
+                url: reqwest::Url::parse(&url).unwrap(),
+                method: method.clone(),
+                headers: reqwest::header::HeaderMap::new(),
+                timeout: None,
+                concurrency: None,
+                rate_limit: None,
+                circuit_breaker: None,
+                tls: None,
+                signer: Some(Signer::new(vec![
+                    decode_secret(&SecretString::from(SECRET)).unwrap(),
+                ])),
+                auth: crate::auth::Auth::None,
+            };
+            let event = Event {
+                id: "msg_1".into(),
+                profile: "acme".into(),
+                body: bytes::Bytes::from_static(body),
+                content_type: "application/json".into(),
+                attempts_before: 0,
+                deferrals_before: 0,
+                born: SystemTime::now(),
+                first_attempt: SystemTime::now(),
+            };
+            let receiver = tokio::spawn(receive_one(listener));
+            let (sent, _) = send(
+                &client,
+                &profile,
+                &event,
+                None,
+                Duration::from_secs(5),
+                None,
+            )
+            .await;
+            assert!(
+                matches!(sent, Answer::Status { status: 204, .. }),
+                "{sent:?}"
+            );
+            let (target, headers) = receiver.await.unwrap();
+            assert!(target.contains("amount=1"), "{method} {target}");
+            assert!(
+                target.contains("note=a+b%26c%3Dd%2F%C3%A9%2B%25"),
+                "{target}"
+            );
+            assert_eq!(
+                base.contains("tenant"),
+                target.contains("tenant=acme&"),
+                "{target}"
+            );
+            assert!(
+                receiver_verifies(SECRET, &target, &headers),
+                "{method} {target}"
+            );
+            // The data is signed: a changed amount does not verify.
+            let forged = target.replace("amount=1", "amount=1000");
+            assert!(!receiver_verifies(SECRET, &forged, &headers), "{forged}");
         }
     }
 

@@ -63,8 +63,9 @@ pub struct Settler<'a> {
 }
 
 impl Settler<'_> {
-    /// The event back into a delay queue with its new retry state, keeping its id and, when
-    /// it has no AMQP timestamp, when it was first attempted.
+    /// The event back into a delay queue with `set` changed in its headers, keeping its id
+    /// and when it was first attempted (`max_age` counts from it when the event has no
+    /// usable AMQP timestamp: none, or one too far in the future).
     async fn delay(
         &self,
         delivery: &Delivery,
@@ -82,9 +83,7 @@ impl Settler<'_> {
             .with_expiration(plan.expiration_ms.to_string().into());
         if let Some(e) = event {
             props = props.with_message_id(e.id.as_str().into());
-            if delivery.properties.timestamp().is_none() {
-                retry.first_attempt_ms = Some(unix_ms(e.first_attempt));
-            }
+            retry.first_attempt_ms = Some(unix_ms(e.first_attempt));
         }
         retry.write(&mut h);
         let queue = self.topology.delay_queue(plan.queue_delay_ms);

@@ -77,7 +77,8 @@ impl Signer {
     }
 
     /// The `webhook-signature` header value: one entry per key (`v1,<sig>` or `v1a,<sig>`),
-    /// space-separated, in the order configured.
+    /// space-separated, in the order configured. `body` is what the callback carries: its
+    /// body, or for GET and DELETE its query string as sent, without the `?` (SPEC section 6).
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let mut out = String::with_capacity(self.keys.len() * 92);
         let mut content: Option<Vec<u8>> = None;

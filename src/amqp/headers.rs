@@ -14,8 +14,8 @@ pub const PROFILE: &str = "profile";
 pub const ATTEMPT: &str = "x-attempt";
 /// Times the event was deferred without an attempt (worker-set, SPEC section 9).
 pub const DEFERRALS: &str = "x-deferrals";
-/// Unix milliseconds of the first attempt, set on republish when the event has no AMQP
-/// timestamp, so `max_age` survives retries without any state in the process.
+/// Unix milliseconds of the first attempt, set on every republish, so `max_age` survives
+/// retries without any state in the process when the event has no usable AMQP timestamp.
 pub const FIRST_ATTEMPT: &str = "x-first-attempt";
 pub const DEAD_REASON: &str = "x-dead-reason";
 pub const LAST_STATUS: &str = "x-last-status";

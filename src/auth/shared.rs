@@ -1,13 +1,18 @@
 //! A token cache shared by every replica, on Redis (SPEC section 12).
 //!
 //! Design decisions:
+//! - Two keys are derived from `encryption_key` with HKDF-SHA256 (RFC 5869, no salt: the
+//!   input is already 32 random bytes), each with its own `info` ([`CIPHER_INFO`],
+//!   [`NAMING_INFO`]): one key never serves two algorithms, and neither is the configured key.
 //! - One token per profile and auth settings, under `<prefix>:token:<profile>:<digest>`, where
-//!   the digest is an HMAC (keyed with the encryption key) of the profile's auth settings: a
+//!   the digest is an HMAC (keyed with the naming key) of the profile's auth settings: a
 //!   changed profile never reads an old token, and the key reveals nothing about the secret.
 //! - The value is `nonce || AES-256-GCM(token, scheme, expiry)` with the key name as
 //!   associated data, so a value copied under another key does not decrypt. It is stored
 //!   with a TTL equal to the token's reuse window; a replica that reads it reuses it for the
-//!   TTL that is left.
+//!   TTL that is left, but never past the token's own expiry (less the refresh margin, as a
+//!   fetched token would be): a TTL that outlives the token (a clock step, a rogue writer, a
+//!   `PERSIST`) never makes an expired token usable.
 //! - Fetching is single-flight across replicas: `SET <key>:lock <fence> NX PX`, fetch, write
 //!   the token, release the lock with a compare-and-delete of the fence (Lua). Others poll the
 //!   token key, bounded by the auth timeout; when the holder died (the lock outlives it) or
@@ -16,18 +21,48 @@
 //! - Redis is never waited on for long: every call has a short timeout, and any failure means
 //!   this replica fetches for itself (counted in `token_cache_errors_total`, logged at warn).
 
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use hkdf::Hkdf;
 use hmac::KeyInit;
 use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
+use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 
 use super::fetch::{Source, fetch};
 use super::oauth2::{AuthError, Token};
+use super::token::reuse_for;
+
+/// HKDF `info` of the AES-256-GCM key that encrypts stored tokens.
+pub const CIPHER_INFO: &[u8] = b"callback-dispatcher token_cache v1 aes-256-gcm";
+/// HKDF `info` of the HMAC-SHA256 key that names the keys tokens are stored under.
+pub const NAMING_INFO: &[u8] = b"callback-dispatcher token_cache v1 key-naming";
+
+/// The 32-byte key for `info`, derived from `encryption_key` with HKDF-SHA256.
+fn derive(encryption_key: &[u8], info: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(None, encryption_key)
+        .expand(info, out.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    out
+}
+
+/// How much longer a stored token may be used: what is left of its Redis TTL, but never past
+/// its own expiry, less the refresh margin a freshly fetched token would keep. `None` when
+/// it may not be used at all. Pure.
+fn usable_for(
+    ttl: Duration,
+    expires_at: SystemTime,
+    margin: Duration,
+    now: SystemTime,
+) -> Option<Duration> {
+    let left = expires_at.duration_since(now).ok()?;
+    Some(ttl.min(reuse_for(left, margin))).filter(|d| !d.is_zero())
+}
 
 /// No Redis call waits longer than this.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -88,11 +123,14 @@ impl SharedTokens {
                 .set_max_delay(Duration::from_secs(1)),
         )?;
         let key = encryption_key.expose_secret();
+        let cipher_key = derive(key, CIPHER_INFO);
+        let naming_key = derive(key, NAMING_INFO);
         Ok(Self {
             redis: manager,
             key_prefix: key_prefix.to_owned(),
-            cipher: Aes256Gcm::new_from_slice(key).expect("validated: 32 bytes"),
-            naming: <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key"),
+            cipher: Aes256Gcm::new_from_slice(cipher_key.as_ref()).expect("32 bytes"),
+            naming: <Hmac<Sha256> as KeyInit>::new_from_slice(naming_key.as_ref())
+                .expect("HMAC takes any key"),
             errors,
             compare_and_delete: redis::Script::new(COMPARE_AND_DELETE),
         })
@@ -159,7 +197,15 @@ impl SharedTokens {
         out
     }
 
-    fn open(&self, key: &str, blob: &[u8], ttl: Duration) -> Result<Token, Failure> {
+    /// The token in `blob`, usable for what is left of `ttl` but never past its expiry (see
+    /// [`usable_for`]); `None` when it has expired, whatever the TTL says.
+    fn open(
+        &self,
+        key: &str,
+        blob: &[u8],
+        ttl: Duration,
+        margin: Duration,
+    ) -> Result<Option<Token>, Failure> {
         if blob.len() < 12 {
             return Err(Failure::Undecryptable);
         }
@@ -176,20 +222,26 @@ impl SharedTokens {
             )
             .map_err(|_| Failure::Undecryptable)?;
         let stored: Stored = serde_json::from_slice(&plain).map_err(|_| Failure::Undecryptable)?;
-        let expires_at = UNIX_EPOCH + Duration::from_millis(stored.expires_at_ms);
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_millis(stored.expires_at_ms))
+            .ok_or(Failure::Undecryptable)?;
+        let Some(usable) = usable_for(ttl, expires_at, margin, SystemTime::now()) else {
+            return Ok(None);
+        };
         let mut token = Token::new(
             stored.scheme,
             SecretString::from(stored.token),
             expires_at,
-            Instant::now() + ttl,
+            Instant::now() + usable,
         )
         .ok_or(Failure::Undecryptable)?;
         token.stored = Some(blob.to_vec());
-        Ok(token)
+        Ok(Some(token))
     }
 
-    /// The shared token and its remaining TTL, if there is one.
-    async fn read(&self, key: &str) -> Result<Option<Token>, Failure> {
+    /// The shared token, if there is one that is still usable (`margin`: the profile's
+    /// `refresh_before_expiry`).
+    async fn read(&self, key: &str, margin: Duration) -> Result<Option<Token>, Failure> {
         let (blob, ttl_ms): (Option<Vec<u8>>, i64) = {
             let mut pipe = redis::pipe();
             pipe.get(key).pttl(key);
@@ -200,9 +252,9 @@ impl SharedTokens {
             }
         };
         match blob {
-            Some(blob) if ttl_ms > 0 => self
-                .open(key, &blob, Duration::from_millis(ttl_ms as u64))
-                .map(Some),
+            Some(blob) if ttl_ms > 0 => {
+                self.open(key, &blob, Duration::from_millis(ttl_ms as u64), margin)
+            }
             _ => Ok(None),
         }
     }
@@ -234,7 +286,7 @@ impl SharedTokens {
         let fence = uuid::Uuid::new_v4().to_string();
         let deadline = Instant::now() + src.timeout;
         loop {
-            match self.read(&key).await {
+            match self.read(&key, src.oauth.refresh_before_expiry).await {
                 Ok(Some(token)) => return Ok((token, true)),
                 Ok(None) => {}
                 Err(e) => {
@@ -289,5 +341,155 @@ impl SharedTokens {
         if let Err(e) = self.script(&key, stored).await {
             self.failed(src, "dropping a rejected token", &e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 32] = *b"0123456789abcdef0123456789abcdef";
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn cache() -> SharedTokens {
+        SharedTokens::new(
+            &SecretString::from("redis://127.0.0.1:1/0"),
+            "test",
+            &SecretSlice::from(KEY.to_vec()),
+            prometheus::IntCounter::new("errors", "errors").unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        for p in parts {
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// RFC 5869 by hand: PRK = HMAC(zeros, IKM); OKM = T(1) = HMAC(PRK, info || 0x01).
+    fn hkdf_by_hand(ikm: &[u8], info: &[u8]) -> Vec<u8> {
+        let prk = hmac(&[0u8; 32], &[ikm]);
+        hmac(&prk, &[info, &[1]])
+    }
+
+    #[test]
+    fn the_two_keys_are_derived_apart_with_hkdf() {
+        let cipher = derive(&KEY, CIPHER_INFO);
+        let naming = derive(&KEY, NAMING_INFO);
+        assert_eq!(cipher.to_vec(), hkdf_by_hand(&KEY, CIPHER_INFO));
+        assert_eq!(naming.to_vec(), hkdf_by_hand(&KEY, NAMING_INFO));
+        assert_ne!(*cipher, *naming);
+        assert_ne!(*cipher, KEY);
+        assert_ne!(*naming, KEY);
+        assert_ne!(CIPHER_INFO, NAMING_INFO);
+    }
+
+    #[tokio::test]
+    async fn key_names_use_the_naming_key_and_values_the_cipher_key() {
+        let c = cache();
+        let mut mac = c.naming.clone();
+        mac.update(b"profile");
+        let named = mac.finalize().into_bytes().to_vec();
+        assert_eq!(named, hmac(&*derive(&KEY, NAMING_INFO), &[b"profile"]));
+        assert_ne!(named, hmac(&KEY, &[b"profile"]));
+
+        let token = Token::new(
+            "Bearer".into(),
+            SecretString::from("tok"),
+            SystemTime::now() + 10 * MIN,
+            Instant::now(),
+        )
+        .unwrap();
+        let blob = c.seal("k", &token);
+        let opened = c.open("k", &blob, MIN, Duration::ZERO).unwrap().unwrap();
+        assert_eq!(opened.value.expose_secret(), "tok");
+        // Sealed under the configured key itself (as before the keys were derived): refused.
+        let raw = Aes256Gcm::new_from_slice(&KEY).unwrap();
+        let nonce = [7u8; 12];
+        let mut old = nonce.to_vec();
+        old.extend(
+            raw.encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: br#"{"scheme":"Bearer","token":"tok","expires_at_ms":99999999999999}"#,
+                    aad: b"k",
+                },
+            )
+            .unwrap(),
+        );
+        assert!(matches!(
+            c.open("k", &old, MIN, Duration::ZERO),
+            Err(Failure::Undecryptable)
+        ));
+    }
+
+    #[test]
+    fn usable_for_table() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+        let s = Duration::from_secs;
+        for (ttl, expires_in, margin, want) in [
+            // A token written by a peer: the TTL left is its reuse window.
+            (s(570), Some(s(600)), s(30), Some(s(570))),
+            // A TTL that outlives the token: capped at expiry less the margin.
+            (s(3600), Some(s(600)), s(30), Some(s(570))),
+            (s(86_400), Some(s(10)), s(30), Some(s(5))),
+            // Expired, or expiring now: never used, whatever the TTL.
+            (s(3600), Some(Duration::ZERO), s(30), None),
+            (s(3600), None, s(30), None),
+            (
+                s(3600),
+                Some(Duration::from_millis(1)),
+                s(0),
+                Some(Duration::from_millis(1)),
+            ),
+        ] {
+            let expires_at = match expires_in {
+                Some(d) => now + d,
+                None => now - s(1),
+            };
+            assert_eq!(
+                usable_for(ttl, expires_at, margin, now),
+                want,
+                "{ttl:?} {expires_in:?} {margin:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_token_past_its_expiry_is_never_used() {
+        let c = cache();
+        let expired = Token::new(
+            "Bearer".into(),
+            SecretString::from("old"),
+            SystemTime::now() - MIN,
+            Instant::now() + 60 * MIN,
+        )
+        .unwrap();
+        let blob = c.seal("k", &expired);
+        // Redis says an hour is left; the token says it expired a minute ago.
+        assert!(
+            c.open("k", &blob, 60 * MIN, Duration::ZERO)
+                .unwrap()
+                .is_none()
+        );
+
+        let live = Token::new(
+            "Bearer".into(),
+            SecretString::from("new"),
+            SystemTime::now() + 10 * MIN,
+            Instant::now(),
+        )
+        .unwrap();
+        let blob = c.seal("k", &live);
+        let token = c
+            .open("k", &blob, 24 * 60 * MIN, Duration::from_secs(30))
+            .unwrap()
+            .unwrap();
+        let reuse = token.reuse_until.saturating_duration_since(Instant::now());
+        assert!(reuse <= 10 * MIN - Duration::from_secs(30), "{reuse:?}");
+        assert!(reuse > 9 * MIN, "{reuse:?}");
     }
 }

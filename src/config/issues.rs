@@ -12,6 +12,11 @@ use serde_saphyr::Location;
 
 use super::raw::S;
 
+/// The longest duration any key accepts: 100 years (of 365.25 days, as humantime counts a
+/// `y`). Long enough for any setting that means "practically never", short enough that
+/// adding it to any clock reading never overflows (a panic, not an error, in Rust).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// One problem in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {
@@ -111,7 +116,8 @@ impl Issues {
         self.0.len()
     }
 
-    /// A humantime duration longer than zero, else `default` (and an issue if it was set).
+    /// A humantime duration longer than zero and at most [`MAX_DURATION`], else `default`
+    /// (and an issue if it was set).
     pub fn duration(&mut self, path: &str, v: &Option<S<String>>, default: Duration) -> Duration {
         self.duration_at(path, spanned(v), default)
     }
@@ -128,12 +134,18 @@ impl Issues {
                 self.add(path, Some(&at), "must be longer than zero");
                 default
             }
+            Ok(d) if d > MAX_DURATION => {
+                self.add(path, Some(&at), "must be at most 100 years");
+                default
+            }
             Ok(d) => d,
             Err(e) => {
                 self.add(
                     path,
                     Some(&at),
-                    format!("{text:?} is not a duration ({e}); use e.g. 500ms, 30s, 5m, 2h"),
+                    format!(
+                        "{text:?} is not a duration ({e}); use e.g. 500ms, 30s, 5m, 2h (at most 100 years)"
+                    ),
                 );
                 default
             }

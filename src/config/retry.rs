@@ -8,10 +8,21 @@ use crate::retry::RetryPolicy;
 
 /// x-message-ttl is a 32-bit signed number of milliseconds on some brokers: stay below.
 const MAX_DELAY_LIMIT: Duration = Duration::from_secs(24 * 24 * 3600);
+/// Each back-off step may declare a delay queue: more attempts than this would only declare
+/// (and compute, at every start and reload) absurd numbers of queues.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 1000;
 
 pub(crate) fn validate(issues: &mut Issues, r: &RawRetry) -> RetryPolicy {
     let d = RetryPolicy::default();
-    let max_attempts = issues.positive("retry.max_attempts", &r.max_attempts, d.max_attempts);
+    let mut max_attempts = issues.positive("retry.max_attempts", &r.max_attempts, d.max_attempts);
+    if max_attempts > MAX_ATTEMPTS_LIMIT {
+        issues.add(
+            "retry.max_attempts",
+            r.max_attempts.as_ref().map(|v| &v.referenced),
+            format!("must be at most {MAX_ATTEMPTS_LIMIT}"),
+        );
+        max_attempts = d.max_attempts;
+    }
     let initial_delay = issues.duration("retry.initial_delay", &r.initial_delay, d.initial_delay);
     let max_delay = issues.duration("retry.max_delay", &r.max_delay, d.max_delay);
     let multiplier = match &r.multiplier {

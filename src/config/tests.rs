@@ -267,3 +267,118 @@ fn keys_and_cache_secrets_never_appear_in_debug() {
         "{debug}"
     );
 }
+
+/// Every duration key, as a YAML document with `VALUE` where its value goes, and its key path.
+const DURATION_KEYS: [(&str, &str); 9] = [
+    (
+        "delivery: {timeout: VALUE}\nprofiles: [{id: a, url: \"http://h/\"}]\n",
+        "delivery.timeout",
+    ),
+    (
+        "delivery: {connect_timeout: VALUE}\nprofiles: [{id: a, url: \"http://h/\"}]\n",
+        "delivery.connect_timeout",
+    ),
+    (
+        "delivery: {circuit_breaker: {open_for: VALUE}}\nprofiles: [{id: a, url: \"http://h/\"}]\n",
+        "delivery.circuit_breaker.open_for",
+    ),
+    (
+        "retry: {initial_delay: VALUE}\nprofiles: [{id: a, url: \"http://h/\"}]\n",
+        "retry.initial_delay",
+    ),
+    (
+        "retry: {max_delay: VALUE}\nprofiles: [{id: a, url: \"http://h/\"}]\n",
+        "retry.max_delay",
+    ),
+    (
+        "retry: {max_age: VALUE}\nprofiles: [{id: a, url: \"http://h/\"}]\n",
+        "retry.max_age",
+    ),
+    (
+        "profiles: [{id: a, url: \"http://h/\", timeout: VALUE}]\n",
+        "profiles[0].timeout",
+    ),
+    (
+        "profiles: [{id: a, url: \"http://h/\", circuit_breaker: {open_for: VALUE}}]\n",
+        "profiles[0].circuit_breaker.open_for",
+    ),
+    (
+        "profiles: [{id: a, url: \"http://h/\", auth: {type: oauth2, url: \"http://h/t\", client_id: c, client_secret: s, refresh_before_expiry: VALUE}}]\n",
+        "profiles[0].auth.refresh_before_expiry",
+    ),
+];
+
+fn with_value(template: &str, value: &str) -> String {
+    template.replace("VALUE", value)
+}
+
+#[test]
+fn absurd_durations_are_errors_with_the_key_path() {
+    for (template, path) in DURATION_KEYS {
+        for value in [
+            "500000000000y",
+            "99999999999999y",
+            "18446744073709551615s",
+            "101y",
+            "\"100y 1s\"",
+        ] {
+            let text = with_value(template, value);
+            let err = match parse(&text) {
+                Err(err) => err,
+                Ok(_) => panic!("{path}: {value} was accepted"),
+            };
+            let issue = err
+                .issues
+                .iter()
+                .find(|i| i.path == path)
+                .unwrap_or_else(|| panic!("{path}: {value}: {err}"));
+            assert!(
+                issue.message.contains("100 years"),
+                "{path}: {value}: {}",
+                issue.message
+            );
+            assert!(issue.location.is_some(), "{path}: {value}");
+        }
+    }
+}
+
+#[test]
+fn the_longest_durations_accepted_overflow_nothing() {
+    use crate::profiles::breaker::{Breaker, Health};
+    // 100 years wherever no tighter limit applies; retry delays up to their 24-day limit.
+    let text = "delivery: {timeout: 100y, connect_timeout: 100y, circuit_breaker: {failures: 1, open_for: 100y}}\nretry: {initial_delay: 24d, max_delay: 24d, max_age: 100y, max_attempts: 1000, multiplier: 1.0e300}\nprofiles: [{id: a, url: \"http://h/\", timeout: 100y, auth: {type: oauth2, url: \"http://h/t\", client_id: c, client_secret: s, refresh_before_expiry: 100y}}]\n";
+    let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.delivery.timeout, issues::MAX_DURATION);
+    assert_eq!(c.retry.max_age, issues::MAX_DURATION);
+    // The breaker opens for 100 years from now without overflowing the clock.
+    let mut breaker = Breaker::new(c.delivery.circuit_breaker);
+    let now = std::time::Instant::now();
+    breaker.record(false, Health::Down, now);
+    assert!(breaker.is_open());
+    // Retry math at the extremes.
+    let declared = c.retry.delay_queue_ms();
+    assert!(declared.len() <= 1000 + 14, "{}", declared.len());
+    let day24 = 24 * 24 * 3600 * 1000;
+    let plan = c
+        .retry
+        .plan(u32::MAX, Some(Duration::MAX), 0.999, &declared);
+    assert!(plan.expiration_ms <= plan.queue_delay_ms && plan.queue_delay_ms <= day24);
+    assert!(!c.retry.expired(Duration::from_secs(99 * 31_557_600)));
+    assert!(c.retry.expired(Duration::MAX));
+    // Token reuse is capped whatever the margin.
+    let reuse = crate::auth::token::reuse_for(Duration::MAX, issues::MAX_DURATION);
+    assert!(now.checked_add(reuse).is_some());
+    let policy = c.retry.defer_plan(Duration::MAX, &declared);
+    assert!(policy.queue_delay_ms <= day24);
+}
+
+#[test]
+fn max_attempts_is_bounded() {
+    let err = parse("retry: {max_attempts: 4000000000}\nprofiles: [{id: a, url: \"http://h/\"}]\n")
+        .unwrap_err();
+    assert_eq!(err.issues[0].path, "retry.max_attempts");
+    assert_eq!(err.issues[0].message, "must be at most 1000");
+    assert!(
+        parse("retry: {max_attempts: 1000}\nprofiles: [{id: a, url: \"http://h/\"}]\n").is_ok()
+    );
+}

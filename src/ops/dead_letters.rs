@@ -189,6 +189,28 @@ pub async fn replay(
     Ok(done)
 }
 
+/// Text from a dead letter (its id, profile, reason, last error: set by publishers and
+/// receivers), made safe for a terminal: control characters (C0, DEL, C1) and the
+/// invisible characters that reorder or hide text (bidi controls, zero-width, BOM) are
+/// written as `\u{..}` escapes, and a backslash as `\\`, so an ESC sequence or a
+/// right-to-left override never reaches the operator's terminal and the escapes cannot be
+/// confused with the text.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = matches!(
+            c,
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
+        );
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || hidden => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `dead-letters list` as a table.
 pub fn dead_letter_table(rows: &[DeadLetter], total: u32) -> String {
     let mut out = format!(
@@ -208,16 +230,16 @@ pub fn dead_letter_table(rows: &[DeadLetter], total: u32) -> String {
         let age = r.age.map_or("-".into(), |a| {
             humantime::format_duration(round_secs(a)).to_string()
         });
-        let error: String = r.last_error.chars().take(120).collect();
+        let error: String = printable(&r.last_error).chars().take(120).collect();
         out.push_str(&format!(
             "{:<36} {:<16} {:<18} {:>6} {:>8} {:>10}  {}\n",
-            r.id,
-            r.profile,
+            printable(&r.id),
+            printable(&r.profile),
             r.reason.map_or("-", DeadReason::as_str),
             status,
             r.attempts,
             age,
-            error.replace('\n', " ")
+            error
         ));
     }
     out
@@ -240,4 +262,55 @@ pub async fn replay_report(
         "replayed {} event(s) to the work queue; {} of other profiles left in place\n",
         r.moved, r.skipped
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_act_on() {
+        for (raw, want) in [
+            ("HTTP 500: oops", "HTTP 500: oops"),
+            ("caf\u{e9} \u{1f600}", "caf\u{e9} \u{1f600}"),
+            (
+                "\u{1b}[2J\u{1b}]0;owned\u{7}",
+                "\\u{1b}[2J\\u{1b}]0;owned\\u{7}",
+            ),
+            ("a\r\nb\tc", "a\\u{d}\\u{a}b\\u{9}c"),
+            ("del\u{7f} csi\u{9b}", "del\\u{7f} csi\\u{9b}"),
+            ("abc\u{202e}gpj.exe", "abc\\u{202e}gpj.exe"),
+            ("zero\u{200b}width\u{feff}", "zero\\u{200b}width\\u{feff}"),
+            ("back\\u{1b}slash", "back\\\\u{1b}slash"),
+        ] {
+            assert_eq!(printable(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn the_table_carries_no_control_character() {
+        let row = DeadLetter {
+            id: "evt\u{1b}[31m".into(),
+            profile: "acme\u{7}".into(),
+            reason: Some(DeadReason::PermanentStatus),
+            last_status: Some(400),
+            last_error: format!(
+                "HTTP 400: \u{1b}]52;c;{}\u{7}\r\n\u{1b}[2K",
+                "A".repeat(200)
+            ),
+            attempts: 1,
+            age: None,
+            body_bytes: 2,
+        };
+        let table = dead_letter_table(&[row], 1);
+        assert!(
+            table
+                .chars()
+                .all(|c| c == '\n' || !(c.is_control() || c == '\u{202e}')),
+            "{table:?}"
+        );
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(table.contains("HTTP 400: \\u{1b}]52;c;AAA"), "{table}");
+        assert!(table.contains("evt\\u{1b}[31m"), "{table}");
+    }
 }
