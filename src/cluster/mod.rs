@@ -338,7 +338,7 @@ impl Cluster {
         let mut invocation = self.scripts.rate.key(&key);
         invocation
             .arg(limit.interval().as_micros() as u64)
-            .arg(limit.burst())
+            .arg(share::tolerance(limit).as_micros() as u64)
             .arg(max_wait.as_micros() as u64);
         match self.invoke(&invocation).await {
             Ok(reply) => Some(RateAnswer::from_reply(reply)),

@@ -27,7 +27,8 @@ return {now, live, redis.call('HGETALL', KEYS[3])}
 
 /// GCRA (the generic cell rate algorithm), as a token bucket of `burst` that refills one
 /// token per `interval`. KEYS: the profile's rate key (its theoretical arrival time, µs).
-/// ARGV: interval (µs), burst, the longest wait (µs) the caller would wait for its turn.
+/// ARGV: interval (µs), tolerance (µs: the burst less one interval, see
+/// [`super::share::tolerance`]), the longest wait (µs) the caller would wait for its turn.
 /// An attempt allowed now, or within that wait, is booked at once: `{1, wait_us}`, and the
 /// caller attempts after `wait_us` with no second round trip. Otherwise nothing is booked:
 /// `{0, wait_us}`.
@@ -35,7 +36,7 @@ pub(super) const RATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
-local tolerance = interval * (tonumber(ARGV[2]) - 1)
+local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local wait = tat - tolerance - now

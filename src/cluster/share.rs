@@ -23,6 +23,20 @@ pub fn rate(limit: RateLimit, replicas: usize) -> (Duration, u32) {
     )
 }
 
+/// How much the shared limiter holds back the end of a burst: attempts are booked this much
+/// later than GCRA alone would, so that network jitter between replicas and the endpoint
+/// cannot make the endpoint see more than the limit plus its burst in a second.
+pub const JITTER_MARGIN: Duration = Duration::from_millis(20);
+
+/// GCRA's tolerance for a rate limit: how far ahead of its turn an attempt may go, the burst
+/// less one interval and less [`JITTER_MARGIN`] (never below zero).
+pub fn tolerance(limit: RateLimit) -> Duration {
+    let burst = limit
+        .interval()
+        .saturating_mul(limit.burst().saturating_sub(1));
+    burst.saturating_sub(JITTER_MARGIN.min(burst))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +65,21 @@ mod tests {
                     .sum();
                 assert_eq!(sum, limit, "{limit} among {replicas}");
             }
+        }
+    }
+
+    #[test]
+    fn gcra_tolerance_keeps_a_margin() {
+        let ms = Duration::from_millis;
+        for (limit, want) in [
+            ("10/s", ms(880)), // 9 intervals of 100 ms, less 20 ms
+            ("5/s", ms(780)),
+            ("1/s", ms(0)), // a burst of one: no tolerance at all
+            ("60/m", ms(0)),
+            ("2/s", ms(480)),
+            ("1000/s", ms(979)),
+        ] {
+            assert_eq!(tolerance(RateLimit::parse(limit).unwrap()), want, "{limit}");
         }
     }
 

@@ -129,6 +129,34 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+#[derive(Debug, Default)]
+struct Reporting {
+    out: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Reporting {
+    /// Until no report is out, or the longest a report may take.
+    async fn settled(&self) {
+        if self.out.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + crate::cluster::CALL_TIMEOUT;
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.out.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                () = done => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}
+
 /// One profile's protection.
 #[derive(Debug)]
 pub struct Gate {
@@ -141,6 +169,10 @@ pub struct Gate {
     breaker: Arc<Mutex<Breaker>>,
     /// This replica reported a failure to the shared breaker since it last reported a success.
     reported_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Failure reports whose answer has not come back yet: the next admission waits for them
+    /// (at most the call timeout), so that a breaker the deployment opened stops this replica
+    /// before its next attempt.
+    reporting: Arc<Reporting>,
     stats: Arc<Stats>,
     shared: Option<Shared>,
 }
@@ -282,6 +314,7 @@ impl Gate {
             }
             _ => (Arc::new(Mutex::new(Breaker::new(breaker))), Arc::default()),
         };
+        let reporting = previous.map_or_else(Arc::default, |p| p.reporting.clone());
         let stats = previous.map_or_else(Arc::default, |p| p.stats.clone());
         Gate {
             slots,
@@ -290,6 +323,7 @@ impl Gate {
             alone: Mutex::new(None),
             breaker,
             reported_down,
+            reporting,
             stats,
             shared,
         }
@@ -361,6 +395,10 @@ impl Gate {
         }
         let (shared, breaker) = (shared.clone(), self.breaker.clone());
         let last_error = last_error.to_owned();
+        let reporting = (!probe && health == Health::Down).then(|| {
+            self.reporting.out.fetch_add(1, Ordering::AcqRel);
+            self.reporting.clone()
+        });
         tokio::spawn(async move {
             let (state, by) = if probe {
                 let state = shared
@@ -392,6 +430,10 @@ impl Gate {
                     by,
                     &last_error,
                 );
+            }
+            if let Some(r) = reporting {
+                r.out.fetch_sub(1, Ordering::AcqRel);
+                r.done.notify_waiters();
             }
         });
     }
@@ -461,7 +503,9 @@ impl Gate {
             }
         };
 
-        // 2. The breaker, once the slot is ours: it may have opened while we waited.
+        // 2. The breaker, once the slot is ours: it may have opened while we waited, or in the
+        //    deployment, as the answer to a failure report still out may say.
+        self.reporting.settled().await;
         let probe = loop {
             let admit = self
                 .breaker
