@@ -14,6 +14,7 @@
 //!   send       the HTTP attempt                                     (guard: network guard)
 //!   decide     what the answer means and the event's fate, pure    (retry: delay math)
 //!   settle     carry the fate out with publisher confirms          (amqp: topology, headers)
+//! cluster    replicas share their count, rate limits, concurrency and breakers (Redis)
 //! config     YAML -> validated settings, one validation per section
 //! metrics, server   Prometheus metrics, /metrics /healthz /readyz
 //! telemetry  log output
@@ -22,6 +23,7 @@
 
 pub mod amqp;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod decide;
 pub mod dispatch;

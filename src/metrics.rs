@@ -47,6 +47,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Not in SPEC section 7: operations on the shared token cache that failed or timed out.
     pub token_cache_errors: IntCounter,
+    /// Live replicas seen through `cluster.redis` (SPEC section 13); 1 without it.
+    pub cluster_replicas: IntGauge,
+    /// Failed or timed-out Redis calls of the cluster (SPEC section 13).
+    pub cluster_errors: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,10 +132,19 @@ impl Metrics {
                 "token_cache_errors_total",
                 "Shared token cache (Redis) operations that failed or timed out; the worker then fetches tokens itself.",
             ),
+            cluster_replicas: gauge(
+                "cluster_replicas",
+                "Live replicas seen through cluster.redis; 1 without it.",
+            ),
+            cluster_errors: counter(
+                "cluster_errors_total",
+                "Cluster (Redis) calls that failed or timed out; replicas then go on alone with divided limits.",
+            ),
             registry: Registry::new(),
             headers: Vec::new(),
         };
-        let collectors: [(Box<dyn prometheus::core::Collector>, &str); 12] = [
+        m.cluster_replicas.set(1);
+        let collectors: [(Box<dyn prometheus::core::Collector>, &str); 14] = [
             (Box::new(m.events_consumed.clone()), "counter"),
             (Box::new(m.deliveries.clone()), "counter"),
             (Box::new(m.delivery_attempts.clone()), "counter"),
@@ -144,6 +157,8 @@ impl Metrics {
             (Box::new(m.circuit_open.clone()), "gauge"),
             (Box::new(m.config_reloads.clone()), "counter"),
             (Box::new(m.token_cache_errors.clone()), "counter"),
+            (Box::new(m.cluster_replicas.clone()), "gauge"),
+            (Box::new(m.cluster_errors.clone()), "counter"),
         ];
         for (c, kind) in collectors {
             for d in c.desc() {

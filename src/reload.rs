@@ -11,8 +11,8 @@
 //! - An invalid file changes nothing: every error is logged as `check-config` prints it and
 //!   `config_reloads_total{outcome="failure"}` counts it. The same bad content is reported
 //!   once, not at every poll.
-//! - `amqp`, `metrics`, `log` and `token_cache` are fixed for the process's life: a change
-//!   there is logged as needing a restart and not applied.
+//! - `amqp`, `metrics`, `log`, `token_cache` and `cluster` are fixed for the process's life:
+//!   a change there is logged as needing a restart and not applied.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +48,7 @@ struct Fixed {
     metrics: String,
     log: String,
     token_cache: Option<[u8; 32]>,
+    cluster: Option<[u8; 32]>,
 }
 
 impl Fixed {
@@ -70,6 +71,13 @@ impl Fixed {
                 h.update(t.encryption_key.expose_secret());
                 h.finalize().into()
             }),
+            cluster: c.cluster.as_ref().map(|c| {
+                let mut h = Sha256::new();
+                h.update(c.redis.expose_secret().as_bytes());
+                h.update([0]);
+                h.update(c.key_prefix.as_bytes());
+                h.finalize().into()
+            }),
         }
     }
 
@@ -87,6 +95,9 @@ impl Fixed {
         }
         if self.token_cache != other.token_cache {
             out.push("token_cache");
+        }
+        if self.cluster != other.cluster {
+            out.push("cluster");
         }
         out
     }

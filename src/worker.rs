@@ -163,6 +163,13 @@ impl Worker {
                 .with_graceful_shutdown(stop.clone().cancelled_owned())
                 .into_future(),
         );
+        // With `cluster.redis`: announced before consuming, so the first events take their
+        // share; leaves the cluster once the deliveries have settled.
+        let cluster = supervisor
+            .dispatcher
+            .registry
+            .start_cluster(stop.clone())
+            .await;
         let reloader = watch.map(|path| {
             let reloader = Reloader::new(
                 path,
@@ -178,6 +185,9 @@ impl Worker {
         let _ = server.await;
         if let Some(r) = reloader {
             let _ = r.await;
+        }
+        if let Some(c) = cluster {
+            let _ = c.await;
         }
         tracing::info!("stopped");
         result

@@ -55,6 +55,7 @@ fn every_key() -> BTreeSet<(String, String)> {
             "token_cache",
             format!("token_cache: {{{PROBE}: 1}}\n{profile}"),
         ),
+        ("cluster", format!("cluster: {{{PROBE}: 1}}\n{profile}")),
         ("profiles[]", format!("{profile}    {PROBE}: 1\n")),
         (
             "profiles[].circuit_breaker",
@@ -137,7 +138,7 @@ fn every_exported_metric_is_in_the_metrics_reference() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| l.split(' ').next().unwrap().to_owned())
         .collect();
-    assert_eq!(families.len(), 12);
+    assert_eq!(families.len(), 14);
     for f in families {
         assert!(
             reference.contains(&format!("`{f}`")),

@@ -2,13 +2,14 @@
 //!
 //! Loading is three steps: `${VAR}` interpolation over the text (`env`), serde into the raw
 //! structs (`raw`, `deny_unknown_fields`), and one validation per section beside its type
-//! (`amqp`, `delivery`, `retry`, `telemetry`, `token_cache`, `profile` with its `auth` and
+//! (`amqp`, `delivery`, `retry`, `telemetry`, `token_cache`, `cluster`, `profile` with its `auth` and
 //! `tls`), which check everything and collect every problem with its key path and
 //! line/column before giving up. Secrets are wrapped from the moment serde reads them and no
 //! error message quotes them.
 
 mod amqp;
 mod auth;
+mod cluster;
 mod delivery;
 mod env;
 mod issues;
@@ -23,6 +24,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 pub use amqp::AmqpConfig;
+pub use cluster::{ClusterConfig, DEFAULT_KEY_PREFIX};
 pub use delivery::{BreakerSettings, DeliveryConfig};
 pub use issues::{ConfigError, Issue};
 pub use profile::{Profile, Profiles, RateLimit};
@@ -44,6 +46,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub token_cache: Option<TokenCacheConfig>,
+    pub cluster: Option<ClusterConfig>,
     pub profiles: Profiles,
 }
 
@@ -101,7 +104,7 @@ impl Config {
             .filter(|p| p.auth.oauth2().is_some())
             .count();
         format!(
-            "ok: {} profile(s) ({} with oauth2), queue {}, exchange {}, {} delay queue(s), max {} attempt(s), metrics on {}{}",
+            "ok: {} profile(s) ({} with oauth2), queue {}, exchange {}, {} delay queue(s), max {} attempt(s), metrics on {}{}{}",
             self.profiles.len(),
             oauth,
             self.amqp.queue,
@@ -111,6 +114,11 @@ impl Config {
             self.metrics.listen,
             if self.token_cache.is_some() {
                 ", shared token cache on"
+            } else {
+                ""
+            },
+            if self.cluster.is_some() {
+                ", cluster on"
             } else {
                 ""
             }
@@ -151,6 +159,7 @@ fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
     let metrics = telemetry::metrics(&mut issues, &raw.metrics);
     let log = telemetry::log(&mut issues, &raw.log);
     let token_cache = token_cache::validate(&mut issues, raw.token_cache.as_ref());
+    let cluster = cluster::validate(&mut issues, raw.cluster.as_ref());
     let profiles = match &raw.profiles {
         None => {
             issues.add(
@@ -183,6 +192,7 @@ fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
             metrics,
             log,
             token_cache,
+            cluster,
             profiles: Profiles::new(profiles),
         })
     } else {

@@ -25,6 +25,7 @@ pub(crate) struct RawConfig {
     pub metrics: RawMetrics,
     pub log: RawLog,
     pub token_cache: Option<S<RawTokenCache>>,
+    pub cluster: Option<S<RawCluster>>,
     pub profiles: Option<Vec<S<RawProfile>>>,
 }
 
@@ -86,6 +87,14 @@ pub(crate) struct RawTokenCache {
     pub redis: Option<RawSecret>,
     pub key_prefix: Option<S<String>>,
     pub encryption_key: Option<RawSecret>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawCluster {
+    /// May carry a password.
+    pub redis: Option<RawSecret>,
+    pub key_prefix: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -10,11 +10,19 @@
 //!   verdict hands the probe to the next event.
 //! - Results of attempts that started before the breaker opened are ignored once it is open:
 //!   only the probe decides.
+//! - With `cluster.redis` (SPEC section 13) the deployment's breaker is the one that counts:
+//!   [`Breaker::adopt`] takes the shared state when its epoch is news, and
+//!   [`Breaker::taken`] the deployment's word on who probes. The local count still runs, for
+//!   when the store is away.
 
 use std::time::{Duration, Instant};
 
+pub use crate::cluster::{BreakerState, ProbeAnswer};
 use crate::config::BreakerSettings;
 pub use crate::decide::Health;
+
+/// While another replica's probe is out, look again at most this often.
+pub const PROBE_RECHECK: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -48,6 +56,8 @@ pub enum Change {
 pub struct Breaker {
     settings: BreakerSettings,
     state: State,
+    /// The deployment's epoch this replica last took in (SPEC section 13).
+    epoch: u64,
 }
 
 impl Breaker {
@@ -55,6 +65,7 @@ impl Breaker {
         Self {
             settings,
             state: State::Closed { failures: 0 },
+            epoch: 0,
         }
     }
 
@@ -65,6 +76,65 @@ impl Breaker {
     /// Open or probing: the `circuit_open` gauge's value.
     pub fn is_open(&self) -> bool {
         !matches!(self.state, State::Closed { .. })
+    }
+
+    /// Take in the deployment's breaker if its epoch is news. A probe of this replica's that
+    /// is out keeps its say: its result will be shared.
+    pub fn adopt(&mut self, shared: BreakerState, now: Instant) -> Change {
+        if self.settings.failures == 0 || shared.epoch <= self.epoch {
+            return Change::None;
+        }
+        self.epoch = shared.epoch;
+        match (self.state, shared.open) {
+            (State::Probing, _) => Change::None,
+            (State::Closed { .. }, None) => {
+                self.state = State::Closed { failures: 0 };
+                Change::None
+            }
+            (State::Open { .. }, None) => {
+                self.state = State::Closed { failures: 0 };
+                Change::Closed
+            }
+            (State::Closed { .. }, Some(left)) => {
+                self.state = State::Open { until: now + left };
+                Change::Opened
+            }
+            (State::Open { .. }, Some(left)) => {
+                self.state = State::Open { until: now + left };
+                Change::None
+            }
+        }
+    }
+
+    /// After [`Breaker::admit`] said [`Admit::Probe`]: the deployment's answer to "may this
+    /// replica probe?". Unless the probe is ours, the breaker is closed or open again here
+    /// and the caller asks `admit` once more.
+    pub fn taken(&mut self, answer: ProbeAnswer, now: Instant) -> Change {
+        if self.state != State::Probing {
+            return Change::None;
+        }
+        match answer {
+            ProbeAnswer::Yours => Change::None,
+            ProbeAnswer::Elsewhere(left) => {
+                self.state = State::Open {
+                    until: now + left.clamp(Duration::from_millis(10), PROBE_RECHECK),
+                };
+                Change::None
+            }
+            ProbeAnswer::State(shared) => {
+                self.epoch = self.epoch.max(shared.epoch);
+                match shared.open {
+                    None => {
+                        self.state = State::Closed { failures: 0 };
+                        Change::Closed
+                    }
+                    Some(left) => {
+                        self.state = State::Open { until: now + left };
+                        Change::None
+                    }
+                }
+            }
+        }
     }
 
     pub fn admit(&mut self, now: Instant) -> Admit {
@@ -175,6 +245,81 @@ mod tests {
                 Gauge(open) => assert_eq!(b.is_open(), open, "step {i}"),
             }
         }
+    }
+
+    #[test]
+    fn the_deployments_breaker_table() {
+        use Admit::*;
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let open = |epoch, left| BreakerState {
+            epoch,
+            open: Some(left),
+        };
+        let closed = |epoch| BreakerState { epoch, open: None };
+        enum Step {
+            A(Admit),
+            Adopt(BreakerState, Change),
+            Taken(ProbeAnswer, Change),
+            R(bool, Health, Change),
+        }
+        use Step::*;
+        let steps = [
+            (0, R(false, Health::Down, Change::None)),
+            // Another replica's failures opened it: news, so it is open here too.
+            (0, Adopt(open(1, s(30)), Change::Opened)),
+            (1, A(Open(s(29)))),
+            // The same epoch again (the next heartbeat) changes nothing.
+            (1, Adopt(open(1, s(29)), Change::None)),
+            (2, Adopt(closed(0), Change::None)), // older news
+            (30, A(Probe)),
+            // Another replica holds the probe: look again shortly.
+            (30, Taken(ProbeAnswer::Elsewhere(s(20)), Change::None)),
+            (30, A(Open(PROBE_RECHECK))),
+            (31, A(Probe)),
+            // Its probe failed meanwhile: open again, for the time the deployment says.
+            (31, Taken(ProbeAnswer::State(open(2, s(29))), Change::None)),
+            (32, A(Open(s(28)))),
+            (60, A(Probe)),
+            (60, Taken(ProbeAnswer::Yours, Change::None)),
+            (60, A(Probing)),
+            // A heartbeat while this replica's probe is out does not take its say.
+            (60, Adopt(open(3, s(0)), Change::None)),
+            (61, R(true, Health::Up, Change::Closed)),
+            (61, A(Go)),
+            // Closed elsewhere, by another replica's probe, while open here.
+            (62, Adopt(open(5, s(30)), Change::Opened)),
+            (63, Adopt(closed(6), Change::Closed)),
+            (63, A(Go)),
+            // A probe due here, but another replica's probe closed it already.
+            (64, Adopt(open(7, ms(0)), Change::Opened)),
+            (64, A(Probe)),
+            (64, Taken(ProbeAnswer::State(closed(8)), Change::Closed)),
+            (64, A(Go)),
+        ];
+        let mut b = Breaker::new(BreakerSettings {
+            failures: 3,
+            open_for: s(30),
+        });
+        for (i, (at, step)) in steps.into_iter().enumerate() {
+            let now = t0 + s(at);
+            match step {
+                A(want) => assert_eq!(b.admit(now), want, "step {i}"),
+                Adopt(shared, want) => assert_eq!(b.adopt(shared, now), want, "step {i}"),
+                Taken(answer, want) => assert_eq!(b.taken(answer, now), want, "step {i}"),
+                R(probe, health, want) => {
+                    assert_eq!(b.record(probe, health, now), want, "step {i}")
+                }
+            }
+        }
+        // A breaker that is off takes in nothing.
+        let mut off = Breaker::new(BreakerSettings {
+            failures: 0,
+            open_for: s(30),
+        });
+        assert_eq!(off.adopt(open(9, s(30)), t0), Change::None);
+        assert_eq!(off.admit(t0), Go);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::auth::{Auth, AuthError, Credential, Token, TokenSlot};
 use crate::config::Profile;
 use crate::decide::{AttemptResult, Reading};
 use crate::metrics::ProfileMetrics;
-use crate::profiles::breaker::Change;
+use crate::profiles::breaker::{BreakerState, Change};
 use crate::profiles::gate::{Gate, Pass};
 
 pub struct Endpoint {
@@ -86,37 +86,86 @@ impl Endpoint {
         }
     }
 
-    /// An attempt is over: its health goes to the breaker, and a change of the breaker is
-    /// logged (warn when it opens, info when it closes) and shown in `circuit_open`.
+    /// An attempt is over: its health goes to the breaker (and, with `cluster.redis`, to the
+    /// deployment's), and a change of the breaker is logged (warn when it opens, info when it
+    /// closes) and shown in `circuit_open`.
     pub fn finish(&self, pass: Pass, reading: &Reading) {
+        let probe = pass.is_probe();
         let (change, open) = pass.finish(reading.health);
-        let profile = &*self.profile.id;
         let last_error = match &reading.result {
             AttemptResult::Delivered { .. } => "",
             AttemptResult::Permanent { error, .. }
             | AttemptResult::Retryable { error, .. }
             | AttemptResult::Blocked { error } => error,
         };
-        match change {
-            Change::None => return,
-            Change::Opened => {
-                tracing::warn!(
-                    profile,
-                    last_error,
-                    "circuit breaker opened: no attempts to this profile until a probe succeeds"
-                )
-            }
-            Change::Reopened => {
-                tracing::warn!(
-                    profile,
-                    last_error,
-                    "circuit breaker probe failed; open again"
-                )
-            }
-            Change::Closed => {
-                tracing::info!(profile, "circuit breaker closed: the probe succeeded")
-            }
-        }
-        self.metrics.set_circuit_open(open);
+        announce(
+            &self.profile.id,
+            &self.metrics,
+            change,
+            open,
+            By::ThisReplica,
+            last_error,
+        );
+        self.gate
+            .share_result(probe, reading.health, change == Change::Opened, last_error);
     }
+
+    /// The deployment's breaker, from a heartbeat (SPEC section 13).
+    pub fn adopt(&self, shared: BreakerState) {
+        let (change, open) = self.gate.adopt(shared);
+        announce(
+            &self.profile.id,
+            &self.metrics,
+            change,
+            open,
+            By::AnotherReplica,
+            "",
+        );
+    }
+}
+
+/// Whose attempt changed a breaker: this replica's, or (with `cluster.redis`) another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    ThisReplica,
+    AnotherReplica,
+}
+
+/// Log a breaker's change (warn when it opens, info when it closes) and show it in
+/// `circuit_open`.
+pub(crate) fn announce(
+    profile: &str,
+    metrics: &ProfileMetrics,
+    change: Change,
+    open: bool,
+    by: By,
+    last_error: &str,
+) {
+    match (change, by) {
+        (Change::None, _) => return,
+        (Change::Opened, By::ThisReplica) => tracing::warn!(
+            profile,
+            last_error,
+            "circuit breaker opened: no attempts to this profile until a probe succeeds"
+        ),
+        (Change::Opened, By::AnotherReplica) => tracing::warn!(
+            profile,
+            "circuit breaker opened by the deployment's failures: no attempts to this profile until a probe succeeds"
+        ),
+        (Change::Reopened, _) => {
+            tracing::warn!(
+                profile,
+                last_error,
+                "circuit breaker probe failed; open again"
+            )
+        }
+        (Change::Closed, By::ThisReplica) => {
+            tracing::info!(profile, "circuit breaker closed: the probe succeeded")
+        }
+        (Change::Closed, By::AnotherReplica) => tracing::info!(
+            profile,
+            "circuit breaker closed: another replica's probe succeeded"
+        ),
+    }
+    metrics.set_circuit_open(open);
 }

@@ -19,19 +19,28 @@
 //!   attempts has timed out.
 //! - Each component (semaphore, bucket, breaker, statistics) sits behind its own `Arc`, so a
 //!   reload keeps whichever ones' settings did not change.
+//! - With `cluster.redis` (SPEC section 13, [`crate::cluster`]): the slots are fitted to this
+//!   replica's share before each admission; the rate limit is the deployment's (one call per
+//!   attempt, which books a turn within the wait allowed here), or while the store is away a
+//!   bucket of the limit divided by the last known replica count; when the breaker's
+//!   `open_for` is over the deployment decides who probes; each attempt's result that matters
+//!   to the shared breaker is reported in the background ([`Gate::share_result`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::breaker::{Admit, Breaker, Change, Health};
+use super::breaker::{Admit, Breaker, BreakerState, Change, Health};
+use super::endpoint::{By, announce};
+use super::slots::{Slot, Slots};
 use super::window::{Window, micros};
+use crate::cluster::{Cluster, RateAnswer};
 use crate::config::{BreakerSettings, RateLimit};
 use crate::decide::DeferReason;
+use crate::metrics::ProfileMetrics;
 
 /// The longest an event waits in memory before it is deferred.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
@@ -92,14 +101,80 @@ pub enum Refusal {
     Shutdown,
 }
 
+fn new_bucket(interval: Duration, burst: u32) -> Arc<Bucket> {
+    let burst = std::num::NonZeroU32::new(burst.max(1)).expect("at least 1");
+    let quota = Quota::with_period(interval)
+        .expect("a rate limit's interval is positive")
+        .allow_burst(burst);
+    Arc::new(RateLimiter::direct(quota))
+}
+
+/// What a profile's gate shares with the other replicas (SPEC section 13).
+#[derive(Clone)]
+pub struct Shared {
+    pub cluster: Arc<Cluster>,
+    pub profile: Arc<str>,
+    /// How long the deployment's probe is this replica's at most: the attempt's timeout and
+    /// a margin. If the replica dies meanwhile, another may probe after it.
+    pub probe_lease: Duration,
+    /// For breaker changes learnt from the other replicas.
+    pub metrics: Arc<ProfileMetrics>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Reporting {
+    out: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Reporting {
+    /// Until no report is out, or the longest a report may take.
+    async fn settled(&self) {
+        if self.out.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + crate::cluster::CALL_TIMEOUT;
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.out.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                () = done => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}
+
 /// One profile's protection.
 #[derive(Debug)]
 pub struct Gate {
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     limit: usize,
     rate: Option<(RateLimit, Arc<Bucket>)>,
+    /// While the cluster store is away: a bucket of the rate divided among the replicas, and
+    /// the count it was made for.
+    alone: Mutex<Option<(usize, Duration, Arc<Bucket>)>>,
     breaker: Arc<Mutex<Breaker>>,
+    /// This replica reported a failure to the shared breaker since it last reported a success.
+    reported_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Failure reports whose answer has not come back yet: the next admission waits for them
+    /// (at most the call timeout), so that a breaker the deployment opened stops this replica
+    /// before its next attempt.
+    reporting: Arc<Reporting>,
     stats: Arc<Stats>,
+    shared: Option<Shared>,
 }
 
 /// An event of this profile held in memory (from consume to settlement), for the fair share.
@@ -118,15 +193,21 @@ impl Drop for Hold {
 
 /// Leave to attempt: a concurrency slot (and the probe, if it is one) until `finish`.
 pub struct Pass {
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
     probe: bool,
     started: Instant,
     stats: Arc<Stats>,
     breaker: Arc<Mutex<Breaker>>,
+    shared: Option<Shared>,
     finished: bool,
 }
 
 impl Pass {
+    /// Whether this attempt is its breaker's probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
     /// The attempt is over: teach the statistics and the breaker. Returns a breaker change
     /// worth logging, and whether the breaker is open now.
     pub fn finish(mut self, health: Health) -> (Change, bool) {
@@ -153,10 +234,27 @@ impl Drop for Pass {
         if !self.finished {
             self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
             if self.probe {
-                let mut b = self.breaker.lock().expect("breaker lock");
-                b.record(true, Health::Unknown, Instant::now());
+                hand_back_probe(&self.breaker, self.shared.as_ref());
             }
         }
+    }
+}
+
+/// A probe that will not be attempted after all: the next event (here or, with a cluster,
+/// on any replica) probes instead.
+fn hand_back_probe(breaker: &Mutex<Breaker>, shared: Option<&Shared>) {
+    let settings = {
+        let mut b = breaker.lock().expect("breaker lock");
+        b.record(true, Health::Unknown, Instant::now());
+        b.settings()
+    };
+    if let Some(s) = shared.filter(|s| s.cluster.is_up()) {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.cluster
+                .probe_result(&s.profile, Health::Unknown, settings.open_for)
+                .await;
+        });
     }
 }
 
@@ -177,54 +275,167 @@ impl Drop for Counted<'_> {
 }
 
 /// Hands the probe back if the event is not attempted after all.
-struct ProbeGuard<'a>(Option<&'a Mutex<Breaker>>);
+struct ProbeGuard<'a>(Option<(&'a Mutex<Breaker>, Option<&'a Shared>)>);
 
 impl Drop for ProbeGuard<'_> {
     fn drop(&mut self) {
-        if let Some(b) = self.0 {
-            b.lock()
-                .expect("breaker lock")
-                .record(true, Health::Unknown, Instant::now());
+        if let Some((breaker, shared)) = self.0 {
+            hand_back_probe(breaker, shared);
         }
     }
 }
 
 impl Gate {
-    /// A gate for these settings, keeping the parts of `previous` whose settings are equal.
+    /// A gate for these settings, keeping the parts of `previous` whose settings are equal;
+    /// `shared` with `cluster.redis`.
     pub fn new(
         limit: usize,
         rate: Option<RateLimit>,
         breaker: BreakerSettings,
         previous: Option<&Gate>,
+        shared: Option<Shared>,
     ) -> Gate {
+        let share = |limit| {
+            shared
+                .as_ref()
+                .map_or(limit, |s| s.cluster.concurrency(limit))
+        };
         let slots = match previous {
             Some(p) if p.limit == limit => p.slots.clone(),
-            _ => Arc::new(Semaphore::new(limit)),
+            _ => Slots::new(share(limit)),
         };
         let rate = rate.map(|r| match previous.and_then(|p| p.rate.as_ref()) {
             Some((old, bucket)) if *old == r => (r, bucket.clone()),
-            _ => {
-                let burst = std::num::NonZeroU32::new(r.burst()).expect("burst is at least 1");
-                let quota = Quota::with_period(r.interval())
-                    .expect("a rate limit's interval is positive")
-                    .allow_burst(burst);
-                (r, Arc::new(RateLimiter::direct(quota)))
-            }
+            _ => (r, new_bucket(r.interval(), r.burst())),
         });
-        let breaker = match previous {
+        let (breaker, reported_down) = match previous {
             Some(p) if p.breaker.lock().expect("breaker lock").settings() == breaker => {
-                p.breaker.clone()
+                (p.breaker.clone(), p.reported_down.clone())
             }
-            _ => Arc::new(Mutex::new(Breaker::new(breaker))),
+            _ => (Arc::new(Mutex::new(Breaker::new(breaker))), Arc::default()),
         };
+        let reporting = previous.map_or_else(Arc::default, |p| p.reporting.clone());
         let stats = previous.map_or_else(Arc::default, |p| p.stats.clone());
         Gate {
             slots,
             limit,
             rate,
+            alone: Mutex::new(None),
             breaker,
+            reported_down,
+            reporting,
             stats,
+            shared,
         }
+    }
+
+    /// The shared part, while the cluster store answers.
+    fn shared_up(&self) -> Option<&Shared> {
+        self.shared.as_ref().filter(|s| s.cluster.is_up())
+    }
+
+    /// Fit the slots to this replica's share of the profile's concurrency.
+    fn fit(&self) {
+        if let Some(s) = &self.shared {
+            self.slots.fit(s.cluster.concurrency(self.limit));
+        }
+    }
+
+    /// Attempts in flight this replica allows now.
+    pub fn slots(&self) -> usize {
+        self.fit();
+        self.slots.size()
+    }
+
+    /// The bucket of this replica alone: the profile's, or while the cluster store is away
+    /// the profile's divided by the last known replica count.
+    fn own_bucket(&self, limit: RateLimit, bucket: &Arc<Bucket>) -> (Duration, Arc<Bucket>) {
+        let Some(shared) = &self.shared else {
+            return (limit.interval(), bucket.clone());
+        };
+        let replicas = shared.cluster.membership().replicas;
+        let mut alone = self.alone.lock().expect("bucket lock");
+        match &*alone {
+            Some((n, interval, b)) if *n == replicas => (*interval, b.clone()),
+            _ => {
+                let (interval, burst) = shared.cluster.divided_rate(limit);
+                let b = new_bucket(interval, burst);
+                *alone = Some((replicas, interval, b.clone()));
+                (interval, b)
+            }
+        }
+    }
+
+    /// Take in the deployment's breaker (from a heartbeat); a change to log and show.
+    pub fn adopt(&self, shared: BreakerState) -> (Change, bool) {
+        let mut b = self.breaker.lock().expect("breaker lock");
+        (b.adopt(shared, Instant::now()), b.is_open())
+    }
+
+    /// Tell the other replicas what an attempt showed, in the background: a probe's result;
+    /// a failure (`opened_here`: this replica's own count opened its breaker); the first
+    /// success after this replica's failures. Nothing for other results, nothing without a
+    /// cluster or a breaker.
+    pub fn share_result(&self, probe: bool, health: Health, opened_here: bool, last_error: &str) {
+        let Some(shared) = self.shared_up() else {
+            return;
+        };
+        let settings = self.breaker.lock().expect("breaker lock").settings();
+        if settings.failures == 0 || health == Health::Unknown && !probe {
+            return;
+        }
+        if !probe {
+            let down = health == Health::Down;
+            if !down && !self.reported_down.swap(false, Ordering::AcqRel) {
+                return; // the usual case: a success after successes
+            }
+            if down {
+                self.reported_down.store(true, Ordering::Release);
+            }
+        }
+        let (shared, breaker) = (shared.clone(), self.breaker.clone());
+        let last_error = last_error.to_owned();
+        let reporting = (!probe && health == Health::Down).then(|| {
+            self.reporting.out.fetch_add(1, Ordering::AcqRel);
+            self.reporting.clone()
+        });
+        tokio::spawn(async move {
+            let (state, by) = if probe {
+                let state = shared
+                    .cluster
+                    .probe_result(&shared.profile, health, settings.open_for)
+                    .await;
+                (state, By::AnotherReplica)
+            } else {
+                let report = shared
+                    .cluster
+                    .report(&shared.profile, health, settings, opened_here)
+                    .await;
+                let by = match report {
+                    Some(r) if r.opened => By::ThisReplica,
+                    _ => By::AnotherReplica,
+                };
+                (report.map(|r| r.state), by)
+            };
+            if let Some(state) = state {
+                let (change, open) = {
+                    let mut b = breaker.lock().expect("breaker lock");
+                    (b.adopt(state, Instant::now()), b.is_open())
+                };
+                announce(
+                    &shared.profile,
+                    &shared.metrics,
+                    change,
+                    open,
+                    by,
+                    &last_error,
+                );
+            }
+            if let Some(r) = reporting {
+                r.out.fetch_sub(1, Ordering::AcqRel);
+                r.done.notify_waiters();
+            }
+        });
     }
 
     pub fn hold(&self, window: &Arc<Window>) -> Hold {
@@ -267,23 +478,24 @@ impl Gate {
         };
 
         // 1. A concurrency slot, waiting for it while the expected wait allows.
-        let slot = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
+        self.fit();
+        let slot = match self.slots.try_acquire() {
+            Some(slot) => slot,
+            None => {
                 let _counted = Counted::new(&self.stats.waiting);
-                let acquire = self.slots.clone().acquire_owned();
+                let acquire = self.slots.clone().acquire();
                 tokio::pin!(acquire); // keeps this event's place in line across rechecks
                 loop {
                     let ahead = self.stats.waiting.load(Ordering::Relaxed).saturating_sub(1);
                     let typical = self.stats.typical(Instant::now());
-                    let wait = expected_wait(typical, ahead, self.limit);
+                    let wait = expected_wait(typical, ahead, self.slots());
                     if !may_wait(wait) {
                         return Err(defer(DeferReason::Concurrency, wait));
                     }
                     let look_again =
                         tokio::time::Instant::now() + self.left(window, since).min(RECHECK);
                     tokio::select! {
-                        slot = &mut acquire => break slot.expect("never closed"),
+                        slot = &mut acquire => break slot,
                         () = tokio::time::sleep_until(look_again) => {}
                         () = shutdown.cancelled() => return Err(Refusal::Shutdown),
                     }
@@ -291,7 +503,9 @@ impl Gate {
             }
         };
 
-        // 2. The breaker, once the slot is ours: it may have opened while we waited.
+        // 2. The breaker, once the slot is ours: it may have opened while we waited, or in the
+        //    deployment, as the answer to a failure report still out may say.
+        self.reporting.settled().await;
         let probe = loop {
             let admit = self
                 .breaker
@@ -300,7 +514,36 @@ impl Gate {
                 .admit(Instant::now());
             match admit {
                 Admit::Go => break false,
-                Admit::Probe => break true,
+                Admit::Probe => {
+                    let Some(shared) = self.shared_up() else {
+                        break true;
+                    };
+                    // The deployment's one probe: this replica's, or is it another's?
+                    let mut local = ProbeGuard(Some((&*self.breaker, None)));
+                    let answer = shared
+                        .cluster
+                        .take_probe(&shared.profile, shared.probe_lease)
+                        .await;
+                    local.0 = None;
+                    let Some(answer) = answer else {
+                        break true; // the store went away: this replica's own probe
+                    };
+                    let (change, open) = {
+                        let mut b = self.breaker.lock().expect("breaker lock");
+                        (b.taken(answer, Instant::now()), b.is_open())
+                    };
+                    announce(
+                        &shared.profile,
+                        &shared.metrics,
+                        change,
+                        open,
+                        By::AnotherReplica,
+                        "",
+                    );
+                    if answer == crate::cluster::ProbeAnswer::Yours {
+                        break true;
+                    }
+                }
                 Admit::Open(left) if may_wait(left) => sleep(left).await?,
                 Admit::Open(left) => return Err(defer(DeferReason::CircuitOpen, left)),
                 Admit::Probing => {
@@ -309,19 +552,36 @@ impl Gate {
                 }
             }
         };
-        let mut probe_guard = ProbeGuard(probe.then_some(&*self.breaker));
+        let mut probe_guard = ProbeGuard(probe.then_some((&*self.breaker, self.shared.as_ref())));
 
-        // 3. The rate limit.
+        // 3. The rate limit: the deployment's, else this replica's own.
         if let Some((limit, bucket)) = &self.rate {
-            while let Err(not_until) = bucket.check() {
-                let behind = self.stats.rate_waiting.load(Ordering::Relaxed) as u32;
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(bucket.clock()))
-                    + limit.interval() * behind;
-                if !may_wait(wait) {
-                    return Err(defer(DeferReason::RateLimit, wait));
+            let booked = match self.shared_up() {
+                Some(s) => {
+                    s.cluster
+                        .rate(&s.profile, *limit, self.left(window, since))
+                        .await
                 }
-                let _counted = Counted::new(&self.stats.rate_waiting);
-                sleep(wait).await?;
+                None => None,
+            };
+            match booked {
+                Some(RateAnswer::Booked(wait)) if wait.is_zero() => {}
+                Some(RateAnswer::Booked(wait)) => sleep(wait).await?,
+                Some(RateAnswer::Over(wait)) => return Err(defer(DeferReason::RateLimit, wait)),
+                None => {
+                    let (interval, bucket) = self.own_bucket(*limit, bucket);
+                    while let Err(not_until) = bucket.check() {
+                        let behind = self.stats.rate_waiting.load(Ordering::Relaxed) as u32;
+                        let wait = not_until
+                            .wait_time_from(governor::clock::Clock::now(bucket.clock()))
+                            + interval * behind;
+                        if !may_wait(wait) {
+                            return Err(defer(DeferReason::RateLimit, wait));
+                        }
+                        let _counted = Counted::new(&self.stats.rate_waiting);
+                        sleep(wait).await?;
+                    }
+                }
             }
         }
 
@@ -338,6 +598,7 @@ impl Gate {
             started: now,
             stats: self.stats.clone(),
             breaker: self.breaker.clone(),
+            shared: self.shared.clone(),
             finished: false,
         })
     }

@@ -9,10 +9,14 @@
 //!   when its auth and TLS did not change, its limiter, breaker and statistics when their
 //!   own settings did not, and its metric series always.
 //! - One HTTP client per distinct TLS setting; profiles without `tls` share one.
+//! - With `cluster.redis` the registry holds the replica's [`Cluster`] link: every gate
+//!   shares through it, and [`Registry::start_cluster`] runs the heartbeat, whose view of
+//!   the shared breakers goes to the profiles in force.
 
 pub mod breaker;
 pub mod endpoint;
 pub mod gate;
+pub mod slots;
 pub mod window;
 
 use std::collections::HashMap;
@@ -28,6 +32,7 @@ pub use window::Window;
 use crate::auth::TokenSlot;
 use crate::auth::oauth2::Fingerprint;
 use crate::auth::shared::SharedTokens;
+use crate::cluster::{Cluster, View};
 use crate::config::{Config, DeliveryConfig, Profile};
 use crate::guard::Guard;
 use crate::metrics::{Metrics, ProfileMetrics};
@@ -67,6 +72,7 @@ pub struct Registry {
     attempts: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     shared: Option<Arc<SharedTokens>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Registry {
@@ -84,12 +90,56 @@ impl Registry {
             .ok()
             .map(Arc::new)
         });
-        let first = build(config, None, &metrics, shared.as_ref());
+        let cluster = config.cluster.as_ref().and_then(|c| {
+            Cluster::new(c, &metrics)
+                .map_err(
+                    |e| tracing::warn!(error = %e, "cluster disabled: each replica on its own"),
+                )
+                .ok()
+                .map(Arc::new)
+        });
+        let first = build(config, None, &metrics, shared.as_ref(), cluster.as_ref());
         Self {
             current: ArcSwap::from_pointee(first),
             attempts: Arc::new(Semaphore::new(config.delivery.concurrency)),
             metrics,
             shared,
+            cluster,
+        }
+    }
+
+    /// The replica's link to the others, with `cluster.redis`.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// With `cluster.redis`: announce this replica once (so the first events already take
+    /// their share; bounded by the call timeout), then keep announcing it every second until
+    /// `stop`, when it leaves.
+    pub async fn start_cluster(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let cluster = self.cluster.clone()?;
+        tracing::info!(id = cluster.id(), "joining the cluster");
+        if let Some(view) = cluster.beat().await {
+            self.adopt(&view);
+        }
+        let registry = self.clone();
+        Some(tokio::spawn(
+            cluster.run(stop, move |view| registry.adopt(view)),
+        ))
+    }
+
+    /// The shared breakers a heartbeat read, to the profiles in force.
+    fn adopt(&self, view: &View) {
+        if view.breakers.is_empty() {
+            return;
+        }
+        for ep in self.load().endpoints.values() {
+            if let Some(state) = view.breakers.get(&*ep.profile.id) {
+                ep.adopt(*state);
+            }
         }
     }
 
@@ -105,6 +155,7 @@ impl Registry {
             Some(&self.current.load()),
             &self.metrics,
             self.shared.as_ref(),
+            self.cluster.as_ref(),
         )
     }
 
@@ -143,11 +194,15 @@ fn resize(attempts: &Arc<Semaphore>, old: usize, new: usize) {
     }
 }
 
+/// How much longer than its timeout a probe stays this replica's in the deployment.
+const PROBE_LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn build(
     config: &Config,
     previous: Option<&Snapshot>,
     metrics: &Arc<Metrics>,
     shared: Option<&Arc<SharedTokens>>,
+    cluster: Option<&Arc<Cluster>>,
 ) -> Snapshot {
     let d = &config.delivery;
     let guard = Guard::new(d.allow_networks.clone());
@@ -182,6 +237,11 @@ fn build(
         .iter()
         .map(|p| {
             let before = previous.and_then(|prev| prev.endpoints.get(&p.id));
+            let profile_metrics = before.map_or_else(
+                || Arc::new(ProfileMetrics::new(metrics.clone(), p.id.clone())),
+                |b| b.metrics.clone(),
+            );
+            let timeout = p.timeout.unwrap_or(d.timeout);
             let endpoint = Endpoint {
                 client: client_for(p),
                 gate: gate::Gate::new(
@@ -189,16 +249,19 @@ fn build(
                     p.rate_limit,
                     p.circuit_breaker.unwrap_or(d.circuit_breaker),
                     before.map(|b| &b.gate),
+                    cluster.map(|c| gate::Shared {
+                        cluster: c.clone(),
+                        profile: p.id.clone(),
+                        probe_lease: timeout + PROBE_LEASE_MARGIN,
+                        metrics: profile_metrics.clone(),
+                    }),
                 ),
                 tokens: match before {
                     Some(b) if same_credentials(&b.profile, p) => b.tokens.clone(),
                     _ => Arc::new(TokenSlot::default()),
                 },
-                metrics: before.map_or_else(
-                    || Arc::new(ProfileMetrics::new(metrics.clone(), p.id.clone())),
-                    |b| b.metrics.clone(),
-                ),
-                timeout: p.timeout.unwrap_or(d.timeout),
+                metrics: profile_metrics,
+                timeout,
                 callback_blocked: guard.check_literal(&p.url).err().map(|b| b.to_string()),
                 auth_blocked: p
                     .auth

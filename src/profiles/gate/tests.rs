@@ -29,6 +29,7 @@ fn gate(limit: usize, rate: Option<&str>, failures: u32) -> Gate {
             open_for: Duration::from_secs(30),
         },
         None,
+        None,
     )
 }
 
