@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, NO_PROFILE};
 use crate::profiles::gate::{MAX_WAIT, Refusal};
 use crate::profiles::{Endpoint, Registry, Snapshot, Window};
 use crate::send;
-use crate::settle::Settler;
+use crate::settle::{SettleBackoff, SettleError, Settler};
 
 /// Everything deliveries share.
 pub struct Dispatcher {
@@ -37,6 +37,8 @@ pub struct Dispatcher {
     pub window: Arc<Window>,
     /// Cancelled at shutdown: events still waiting for their turn go back to the queue.
     pub shutdown: CancellationToken,
+    /// The wait before events whose settlement the broker refused go back to the queue.
+    pub settle_backoff: SettleBackoff,
 }
 
 impl Dispatcher {
@@ -111,6 +113,8 @@ impl Dispatcher {
                     }
                     log_settled(&settlement, started.elapsed());
                 }
+                // Logged at error where it was refused.
+                Err(SettleError::Refused { .. }) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "settlement not confirmed; the event stays on the queue")
                 }

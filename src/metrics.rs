@@ -47,6 +47,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Not in SPEC section 7: operations on the shared token cache that failed or timed out.
     pub token_cache_errors: IntCounter,
+    /// Settlements the broker refused or could not route (SPEC section 8).
+    pub settle_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,10 +130,14 @@ impl Metrics {
                 "token_cache_errors_total",
                 "Shared token cache (Redis) operations that failed or timed out; the worker then fetches tokens itself.",
             ),
+            settle_failures: counter(
+                "settle_failures_total",
+                "Settlements (retries, deferrals, dead letters) the broker refused or could not route; the event went back to the queue after a back-off.",
+            ),
             registry: Registry::new(),
             headers: Vec::new(),
         };
-        let collectors: [(Box<dyn prometheus::core::Collector>, &str); 12] = [
+        let collectors: [(Box<dyn prometheus::core::Collector>, &str); 13] = [
             (Box::new(m.events_consumed.clone()), "counter"),
             (Box::new(m.deliveries.clone()), "counter"),
             (Box::new(m.delivery_attempts.clone()), "counter"),
@@ -144,6 +150,7 @@ impl Metrics {
             (Box::new(m.circuit_open.clone()), "gauge"),
             (Box::new(m.config_reloads.clone()), "counter"),
             (Box::new(m.token_cache_errors.clone()), "counter"),
+            (Box::new(m.settle_failures.clone()), "counter"),
         ];
         for (c, kind) in collectors {
             for d in c.desc() {
