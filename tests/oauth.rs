@@ -404,7 +404,8 @@ async fn an_auth_server_failing_twice_then_recovering_gets_the_event_delivered()
     );
     // Retries that outlast the auth back-off (1 s, then 2 s): an attempt within it fails at
     // once without a request.
-    let retry = "  max_attempts: 10\n  initial_delay: 1s\n  multiplier: 2\n  max_delay: 4s\n  jitter: 0\n";
+    let retry =
+        "  max_attempts: 10\n  initial_delay: 1s\n  multiplier: 2\n  max_delay: 4s\n  jitter: 0\n";
     let worker = env
         .start(env.config(&env.yaml(retry, &oauth_profile("ar", &receiver.url("/"), &a))))
         .await;
