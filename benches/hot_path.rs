@@ -56,10 +56,15 @@ fn benches(c: &mut Criterion) {
     let registry = rt.block_on(async { Registry::new(&config, Arc::new(Metrics::new())) });
     let snapshot = registry.load();
     let endpoint = snapshot.endpoint("p0").unwrap().clone();
-    rt.block_on(endpoint.credential()).unwrap();
+    rt.block_on(endpoint.credential(std::time::Duration::from_secs(1)))
+        .unwrap();
     c.bench_function("cached token: lookup + Authorization value", |b| {
         b.to_async(&rt).iter(|| async {
-            let cred = endpoint.credential().await.unwrap().unwrap();
+            let cred = endpoint
+                .credential(std::time::Duration::from_secs(1))
+                .await
+                .unwrap()
+                .unwrap();
             black_box(cred.value)
         })
     });

@@ -19,13 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::amqp::RetryState;
-use crate::decide::{Case, Facts, Label, Reading, Settlement, auth_failed, classify, decide};
+use crate::auth::slot::TokenError;
+use crate::decide::{
+    Case, DeferReason, Facts, Health, Label, Reading, Settlement, auth_failed, classify, decide,
+};
 use crate::event::{self, Event};
 use crate::metrics::{Metrics, NO_PROFILE};
-use crate::profiles::gate::Refusal;
+use crate::profiles::gate::{MAX_WAIT, Refusal};
 use crate::profiles::{Endpoint, Registry, Snapshot, Window};
 use crate::send;
-use crate::settle::Settler;
+use crate::settle::{SettleBackoff, SettleError, Settler};
 
 /// Everything deliveries share.
 pub struct Dispatcher {
@@ -34,6 +37,8 @@ pub struct Dispatcher {
     pub window: Arc<Window>,
     /// Cancelled at shutdown: events still waiting for their turn go back to the queue.
     pub shutdown: CancellationToken,
+    /// The wait before events whose settlement the broker refused go back to the queue.
+    pub settle_backoff: SettleBackoff,
 }
 
 impl Dispatcher {
@@ -108,6 +113,8 @@ impl Dispatcher {
                     }
                     log_settled(&settlement, started.elapsed());
                 }
+                // Logged at error where it was refused.
+                Err(SettleError::Refused { .. }) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "settlement not confirmed; the event stays on the queue")
                 }
@@ -133,30 +140,64 @@ impl Dispatcher {
             Err(Refusal::Defer { reason, wait }) => return Case::Deferred { reason, wait },
             Err(Refusal::Shutdown) => return Case::Interrupted,
         };
-        let Some(reading) = self.attempt(ep, event).await else {
-            return Case::Interrupted;
+        // Not attempted after all (shutdown, or deferred while another event's token request
+        // hangs): dropping the pass tells the breaker nothing.
+        let reading = match self.attempt(ep, event).await {
+            Ok(reading) => reading,
+            Err(case) => return case,
         };
         ep.finish(pass, &reading);
         Case::Attempted(reading.result)
     }
 
     /// Authenticate, sign, send and classify, with one immediate resend after a 401 that
-    /// refreshed an OAuth 2.0 token; `None` when shutdown came first. Only signing and
-    /// sending hold one of the attempts all profiles share: an event waiting for its
-    /// profile's token holds its profile's slot alone (SPEC section 4), so a hanging auth
-    /// server holds back its own profile and no other.
-    async fn attempt(&self, ep: &Endpoint, event: &Event) -> Option<Reading> {
+    /// refreshed an OAuth 2.0 token. Only signing and sending hold one of the attempts all
+    /// profiles share: an event waiting for its profile's token holds its profile's slot
+    /// alone (SPEC section 4), so a hanging auth server holds back its own profile and no
+    /// other. It waits for a token request made for another event only within its
+    /// profile's share of the prefetch window, like an event waiting for a slot, and is
+    /// deferred after that. `Err` is the case when there was no attempt: interrupted by
+    /// shutdown, or deferred.
+    async fn attempt(&self, ep: &Endpoint, event: &Event) -> Result<Reading, Case> {
         let mut refreshed = false;
         loop {
-            let credential = match ep.credential().await {
+            // After a 401 the event has had its attempt: it waits for the new token.
+            let patience = if refreshed {
+                ep.timeout
+            } else {
+                ep.gate.patience(&self.window)
+            };
+            let credential = match ep.credential(patience).await {
                 Ok(c) => c,
-                Err(e) => {
-                    let reading = auth_failed(format!("auth_failed: {e}"), e.health());
+                Err(TokenError::Busy { left }) if !refreshed => {
+                    return Err(Case::Deferred {
+                        reason: DeferReason::Concurrency,
+                        wait: left.max(MAX_WAIT),
+                    });
+                }
+                Err(TokenError::Busy { .. }) => {
+                    let reading = auth_failed(
+                        "auth_failed: the token request did not end in time".into(),
+                        Health::Unknown,
+                    );
                     ep.metrics.attempt(reading.class, None);
-                    return Some(reading);
+                    return Ok(reading);
+                }
+                Err(TokenError::Failed { error, requested }) => {
+                    // Only the request itself counts for the breaker, once (SPEC section 4).
+                    let health = if requested {
+                        error.health()
+                    } else {
+                        Health::Unknown
+                    };
+                    let reading = auth_failed(format!("auth_failed: {error}"), health);
+                    ep.metrics.attempt(reading.class, None);
+                    return Ok(reading);
                 }
             };
-            let _slot = self.registry.attempt_slot(&self.shutdown).await?;
+            let Some(_slot) = self.registry.attempt_slot(&self.shutdown).await else {
+                return Err(Case::Interrupted);
+            };
             let (answer, took) = send::send(
                 &ep.client,
                 &ep.profile,
@@ -173,7 +214,7 @@ impl Dispatcher {
                     ep.reject(&token).await;
                     refreshed = true;
                 }
-                _ => return Some(reading),
+                _ => return Ok(reading),
             }
         }
     }

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub cluster_replicas: IntGauge,
     /// Failed or timed-out Redis calls of the cluster (SPEC section 13).
     pub cluster_errors: IntCounter,
+    /// Settlements the broker refused or could not route (SPEC section 8).
+    pub settle_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -140,11 +142,15 @@ impl Metrics {
                 "cluster_errors_total",
                 "Cluster (Redis) calls that failed or timed out; replicas then go on alone with divided limits.",
             ),
+            settle_failures: counter(
+                "settle_failures_total",
+                "Settlements (retries, deferrals, dead letters) the broker refused or could not route; the event went back to the queue after a back-off.",
+            ),
             registry: Registry::new(),
             headers: Vec::new(),
         };
         m.cluster_replicas.set(1);
-        let collectors: [(Box<dyn prometheus::core::Collector>, &str); 14] = [
+        let collectors: Vec<(Box<dyn prometheus::core::Collector>, &str)> = vec![
             (Box::new(m.events_consumed.clone()), "counter"),
             (Box::new(m.deliveries.clone()), "counter"),
             (Box::new(m.delivery_attempts.clone()), "counter"),
@@ -159,6 +165,7 @@ impl Metrics {
             (Box::new(m.token_cache_errors.clone()), "counter"),
             (Box::new(m.cluster_replicas.clone()), "gauge"),
             (Box::new(m.cluster_errors.clone()), "counter"),
+            (Box::new(m.settle_failures.clone()), "counter"),
         ];
         for (c, kind) in collectors {
             for d in c.desc() {

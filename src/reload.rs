@@ -3,7 +3,10 @@
 //! Design decisions:
 //! - Triggers: SIGHUP, and a change of the file's content, checked every
 //!   [`POLL`]. Content is compared, not the inode or mtime: a Kubernetes ConfigMap update
-//!   swaps a symlink, and editors replace files.
+//!   swaps a symlink, and editors replace files. A changed content is applied only once two
+//!   checks in a row read it (it stayed the same for one interval), so a file still being
+//!   written is never applied, even when a prefix of it parses.
+//! - Every broker step of a reload is bounded, and shutdown never waits for a reload.
 //! - A valid file becomes a new [`crate::profiles::Snapshot`], swapped in atomically for
 //!   events consumed from then on; deliveries in flight keep the one they started with. New
 //!   delay queues are declared before the swap, on a short connection of the reload's own;
@@ -25,6 +28,7 @@ use crate::amqp::{self, Topology};
 use crate::config::Config;
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::profiles::Registry;
+use crate::worker::BROKER_LIMIT;
 
 /// How often the file's content is compared.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -36,8 +40,10 @@ pub struct Reloader {
     topology: Topology,
     /// The parts only a restart changes, as the process started with them.
     fixed: Fixed,
-    /// The content last read, to notice a change.
+    /// The content last applied (or refused), to notice a change.
     last: Option<[u8; 32]>,
+    /// A changed content seen at the last check, applied if the next check sees it again.
+    pending: Option<[u8; 32]>,
     /// The broker the process is connected to, for declaring new delay queues.
     url: secrecy::SecretString,
 }
@@ -103,6 +109,22 @@ impl Fixed {
     }
 }
 
+/// Whether content `now`, read at a check, is a change to apply: it differs from `last` (the
+/// content last applied or refused) and is what the previous check read too (`pending`), so
+/// it has stayed the same for one check interval (SPEC section 11). A file still being
+/// written changes between checks and is never applied half-written.
+fn settled(last: Option<[u8; 32]>, pending: &mut Option<[u8; 32]>, now: [u8; 32]) -> bool {
+    if last == Some(now) {
+        *pending = None;
+        return false;
+    }
+    if *pending == Some(now) {
+        return true;
+    }
+    *pending = Some(now);
+    false
+}
+
 fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
@@ -123,6 +145,7 @@ impl Reloader {
             topology,
             fixed: Fixed::of(base),
             last,
+            pending: None,
             url: base.amqp.url.clone(),
         }
     }
@@ -151,11 +174,16 @@ impl Reloader {
                 continue; // e.g. in the middle of a ConfigMap symlink swap
             };
             let now = digest(&bytes);
-            if !forced && self.last == Some(now) {
+            if !forced && !settled(self.last, &mut self.pending, now) {
                 continue;
             }
             self.last = Some(now);
-            self.reload(forced).await;
+            self.pending = None;
+            // A reload waits for the broker (new delay queues): shutdown never waits for it.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.reload(forced) => {}
+            }
         }
     }
 
@@ -204,16 +232,66 @@ impl Reloader {
         tracing::info!(trigger = why, summary = %summary, new_delay_queues = new_delays.len(), "configuration reloaded");
     }
 
+    /// Declare the new delay queues on a connection of the reload's own, each broker step
+    /// bounded by [`BROKER_LIMIT`].
     async fn declare(&self, delays: &[u64]) -> anyhow::Result<()> {
-        let conn = amqp::connect(&self.url, "callback-dispatcher reload").await?;
-        let result = async {
+        let conn = tokio::time::timeout(
+            BROKER_LIMIT,
+            amqp::connect(&self.url, "callback-dispatcher reload"),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the broker did not answer the connect within {}s",
+                BROKER_LIMIT.as_secs()
+            )
+        })??;
+        let result = tokio::time::timeout(BROKER_LIMIT, async {
             let ch = conn.create_channel().await?;
             self.topology.declare_delays(&ch, delays).await?;
             anyhow::Ok(())
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the broker did not answer the declarations within {}s",
+                BROKER_LIMIT.as_secs()
+            ))
+        });
         let _ =
             tokio::time::timeout(Duration::from_secs(2), conn.close(200, "reloaded".into())).await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_applied_once_it_stays_the_same_for_one_check() {
+        let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
+        let mut last = Some(a);
+        let mut pending = None;
+        // (content read at each check, applied?)
+        let checks = [
+            (a, false),
+            (b, false), // first seen: may still be being written
+            (c, false), // changed again
+            (c, true),  // the same for one interval
+            (c, false), // applied already
+            (b, false),
+            (a, false), // back to what is in force: nothing to do
+            (b, false),
+            (b, true),
+        ];
+        for (i, (now, want)) in checks.into_iter().enumerate() {
+            let got = settled(last, &mut pending, now);
+            assert_eq!(got, want, "check {i}");
+            if got {
+                last = Some(now);
+                pending = None;
+            }
+        }
     }
 }

@@ -6,17 +6,28 @@
 //! routed) before the ack; if that fails the delivery is nacked back to the queue, or, when
 //! the channel is gone, left to the broker's redelivery. Either way nothing is lost; at worst
 //! it is sent twice, with the same `webhook-id`.
+//!
+//! A publish the broker refuses (nack: a full, length-limited queue) or cannot route (a
+//! missing queue) does not go back at once (SPEC section 8): the event would be redelivered
+//! and its callback re-sent in a tight loop. It is counted in `settle_failures_total`, logged
+//! at error with the queue's name, and nacked back only after a back-off
+//! ([`SettleBackoff`]); shutdown cuts the wait short.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
+use prometheus::IntCounter;
+use tokio_util::sync::CancellationToken;
 
 use crate::amqp::headers::{self, ATTEMPT, DEFERRALS, DeadInfo, FIRST_ATTEMPT, RetryState};
 use crate::amqp::{PublishError, Topology, publish_confirmed};
-use crate::decide::Settlement;
+use crate::decide::{Label, Settlement};
 use crate::event::Event;
 use crate::retry::RetryPlan;
 
@@ -26,8 +37,84 @@ use crate::retry::RetryPlan;
 pub enum SettleError {
     #[error("republish: {0}")]
     Publish(#[from] PublishError),
+    /// Refused or not routed: already counted and logged; nacked after a back-off.
+    #[error("the broker refused or could not route the publish to queue {queue}")]
+    Refused { queue: String },
     #[error("ack: {0}")]
     Ack(#[from] lapin::Error),
+}
+
+/// The first wait before an event whose settlement was refused goes back to the queue.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// How long events whose settlement the broker refused wait before they go back to the
+/// queue, per target queue: 1 s, doubling up to 1 min, reset by a successful settlement to
+/// that queue (a full dead-letter queue keeps backing off while retries flow).
+///
+/// The wait doubles at most once per wait: the events refused together (up to the prefetch)
+/// share one wait, and those refused again once it has passed get twice as long. So an
+/// event whose settlement keeps failing is re-sent once per wait, never in a loop.
+pub struct SettleBackoff {
+    queues: Mutex<HashMap<String, Step>>,
+    /// Queues backing off, so the success path takes no lock when none does.
+    backing_off: AtomicUsize,
+    failures: IntCounter,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    wait: Duration,
+    /// A failure from then on doubles the wait.
+    doubles_at: Instant,
+}
+
+impl SettleBackoff {
+    /// `failures` is `settle_failures_total`.
+    pub fn new(failures: IntCounter) -> Self {
+        Self {
+            queues: Mutex::new(HashMap::new()),
+            backing_off: AtomicUsize::new(0),
+            failures,
+        }
+    }
+
+    /// A settlement to `queue` was refused at `now`: count it; how long to wait.
+    pub fn failed(&self, queue: &str, now: Instant) -> Duration {
+        self.failures.inc();
+        let mut queues = self.queues.lock().expect("settle back-off lock");
+        let step = match queues.get(queue) {
+            None => {
+                self.backing_off.fetch_add(1, Ordering::AcqRel);
+                Step {
+                    wait: BACKOFF_FIRST,
+                    doubles_at: now + BACKOFF_FIRST,
+                }
+            }
+            Some(s) if now >= s.doubles_at => {
+                let wait = s.wait.saturating_mul(2).min(BACKOFF_MAX);
+                Step {
+                    wait,
+                    doubles_at: now + wait,
+                }
+            }
+            Some(s) => *s,
+        };
+        queues.insert(queue.to_owned(), step);
+        step.wait
+    }
+
+    /// A settlement to `queue` succeeded: its back-off starts again from 1 s.
+    pub fn succeeded(&self, queue: &str) {
+        if self.backing_off.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut queues = self.queues.lock().expect("settle back-off lock");
+        if queues.remove(queue).is_some() {
+            self.backing_off.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// The properties without `expiration`: a publisher's per-message TTL must not make a dead
@@ -60,6 +147,10 @@ const RETRY_HEADERS: [&str; 3] = [ATTEMPT, DEFERRALS, FIRST_ATTEMPT];
 pub struct Settler<'a> {
     pub publisher: &'a Channel,
     pub topology: &'a Topology,
+    /// Shared by every session of the worker.
+    pub backoff: &'a SettleBackoff,
+    /// Cancelled at shutdown: a refused settlement's event goes back at once.
+    pub shutdown: &'a CancellationToken,
 }
 
 impl Settler<'_> {
@@ -73,7 +164,7 @@ impl Settler<'_> {
         event: Option<&Event>,
         plan: &RetryPlan,
         state: impl FnOnce(&mut RetryState),
-    ) -> Result<(), PublishError> {
+    ) -> (String, Result<(), PublishError>) {
         let mut h = headers::copy(&delivery.properties, &RETRY_HEADERS);
         let mut retry = RetryState::read(delivery.properties.headers().as_ref());
         state(&mut retry);
@@ -87,7 +178,9 @@ impl Settler<'_> {
         }
         retry.write(&mut h);
         let queue = self.topology.delay_queue(plan.queue_delay_ms);
-        publish_confirmed(self.publisher, "", &queue, body, props.with_headers(h)).await
+        let result =
+            publish_confirmed(self.publisher, "", &queue, body, props.with_headers(h)).await;
+        (queue, result)
     }
 
     async fn dead_letter(
@@ -96,21 +189,17 @@ impl Settler<'_> {
         body: &[u8],
         event: Option<&Event>,
         info: DeadInfo,
-    ) -> Result<(), PublishError> {
+    ) -> (String, Result<(), PublishError>) {
         let mut h: FieldTable = headers::copy(&delivery.properties, &[]);
         info.write(&mut h);
         let mut props = without_expiration(&delivery.properties);
         if let Some(e) = event {
             props = props.with_message_id(e.id.as_str().into());
         }
-        publish_confirmed(
-            self.publisher,
-            "",
-            &self.topology.dead_queue,
-            body,
-            props.with_headers(h),
-        )
-        .await
+        let queue = self.topology.dead_queue.clone();
+        let result =
+            publish_confirmed(self.publisher, "", &queue, body, props.with_headers(h)).await;
+        (queue, result)
     }
 
     /// Carry `settlement` out for `delivery`; `event` is the read event, if reading succeeded.
@@ -121,8 +210,8 @@ impl Settler<'_> {
         event: Option<&Event>,
         settlement: &Settlement,
     ) -> Result<(), SettleError> {
-        let published = match settlement {
-            Settlement::Delivered { .. } => Ok(()),
+        let (queue, published) = match settlement {
+            Settlement::Delivered { .. } => (String::new(), Ok(())),
             Settlement::Requeue => {
                 delivery
                     .nack(BasicNackOptions {
@@ -158,21 +247,79 @@ impl Settler<'_> {
                 self.dead_letter(delivery, body, event, info).await
             }
         };
-        match published {
+        let refused = match published {
             Ok(()) => {
+                if !queue.is_empty() {
+                    self.backoff.succeeded(&queue);
+                }
                 delivery.ack(BasicAckOptions::default()).await?;
-                Ok(())
+                return Ok(());
             }
+            Err(e @ (PublishError::Nacked | PublishError::Unroutable(_))) => e,
             Err(e) => {
-                // Back to the queue for another try; if the channel is gone the broker does it.
+                // The channel failed: back to the queue at once; if the channel is gone the
+                // broker does it.
                 let _ = delivery
                     .nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
                     })
                     .await;
-                Err(e.into())
+                return Err(e.into());
             }
+        };
+        let wait = self.backoff.failed(&queue, Instant::now());
+        tracing::error!(
+            queue = queue.as_str(),
+            error = %refused,
+            outcome = settlement.fate().as_str(),
+            retry_in_ms = wait.as_millis() as u64,
+            "the broker refused or could not route the settlement; the event goes back to the queue after a back-off"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.shutdown.cancelled() => {}
         }
+        let _ = delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await;
+        Err(SettleError::Refused { queue })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_back_off_doubles_once_per_wait_per_queue_and_a_success_resets_it() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now();
+        let counter = IntCounter::new("f", "f").unwrap();
+        let b = SettleBackoff::new(counter.clone());
+        // Refused together: one wait.
+        assert_eq!(b.failed("dead", t0), s(1));
+        assert_eq!(b.failed("dead", t0 + Duration::from_millis(300)), s(1));
+        // Refused again once the wait has passed: twice as long, up to a minute.
+        let mut at = t0 + s(1);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let w = b.failed("dead", at);
+            waits.push(w.as_secs());
+            at += w;
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+        // Another queue has its own; a success to it does not reset this one.
+        assert_eq!(b.failed("delay.5000", at), s(1));
+        b.succeeded("delay.5000");
+        assert_eq!(b.failed("dead", at), s(60));
+        b.succeeded("dead");
+        assert_eq!(b.failed("dead", at + s(1)), s(1));
+        assert_eq!(counter.get(), 13);
+        b.succeeded("dead");
+        assert_eq!(b.backing_off.load(Ordering::Acquire), 0);
     }
 }

@@ -41,10 +41,13 @@ use crate::metrics::Metrics;
 use crate::profiles::{Registry, Window};
 use crate::reload::Reloader;
 use crate::server::{self, Health};
-use crate::settle::Settler;
+use crate::settle::{SettleBackoff, Settler};
 
 /// The longest any close waits for the broker's answer.
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+/// The longest a connect, or a session's setup (channels, declarations, consume), may wait
+/// for the broker: then the attempt fails and the supervisor tries again (SPEC section 8).
+pub const BROKER_LIMIT: Duration = Duration::from_secs(10);
 
 /// Run the worker until `shutdown` completes. Binds `metrics.listen` first.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -77,6 +80,8 @@ enum SessionError {
     Topology(#[from] TopologyError),
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("the broker did not answer within {limit}s while {0}", limit = BROKER_LIMIT.as_secs())]
+    Timeout(&'static str),
 }
 
 /// Counts a delivery in the in-flight gauge for as long as it lives.
@@ -92,6 +97,17 @@ impl Inflight {
 impl Drop for Inflight {
     fn drop(&mut self) {
         self.0.inflight.dec();
+    }
+}
+
+/// Connect within [`BROKER_LIMIT`].
+async fn connect(url: &secrecy::SecretString, name: &str) -> Result<Connection, String> {
+    match tokio::time::timeout(BROKER_LIMIT, amqp::connect(url, name)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}s (connection {name:?})",
+            BROKER_LIMIT.as_secs()
+        )),
     }
 }
 
@@ -116,6 +132,7 @@ impl Worker {
             registry: Arc::new(Registry::new(&config, metrics.clone())),
             window: Arc::new(Window::new(usize::from(config.amqp.prefetch))),
             shutdown: CancellationToken::new(),
+            settle_backoff: SettleBackoff::new(metrics.settle_failures.clone()),
             metrics,
         };
         Ok(Worker {
@@ -214,9 +231,14 @@ impl Supervisor {
                 biased;
                 () = shutdown.as_mut() => break Ok(()),
                 c = async {
-                    let consumer = amqp::connect(url, "callback-dispatcher").await?;
-                    let publisher = amqp::connect(url, "callback-dispatcher publisher").await?;
-                    Ok::<_, lapin::Error>((consumer, publisher))
+                    let consumer = connect(url, "callback-dispatcher").await?;
+                    match connect(url, "callback-dispatcher publisher").await {
+                        Ok(publisher) => Ok((consumer, publisher)),
+                        Err(e) => {
+                            bounded("closing", consumer.close(200, "connect failed".into())).await;
+                            Err(e)
+                        }
+                    }
                 } => c,
             };
             let failure = match connected {
@@ -260,27 +282,43 @@ impl Supervisor {
         shutdown: &mut Pin<&mut F>,
     ) -> Result<End, SessionError> {
         let d = &self.dispatcher;
-        let channel = conn.create_channel().await?;
-        self.topology
-            .declare(&channel, &d.registry.load().delays_ms)
-            .await?;
-        let publisher = publisher_conn.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let prefetch = self.base.amqp.prefetch;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
         let tag = format!("callback-dispatcher-{}", uuid::Uuid::new_v4().simple());
-        let mut consumer = channel
-            .basic_consume(
-                self.topology.queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let prefetch = self.base.amqp.prefetch;
+        // Every step waits for the broker: bounded as a whole, and shutdown cuts it short.
+        let setup = async {
+            let channel = conn.create_channel().await?;
+            self.topology
+                .declare(&channel, &d.registry.load().delays_ms)
+                .await?;
+            let publisher = publisher_conn.create_channel().await?;
+            publisher
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    self.topology.queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, SessionError>((channel, publisher, consumer))
+        };
+        let (channel, publisher, mut consumer) = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => {
+                bounded("closing", conn.close(200, "shutdown".into())).await;
+                bounded("closing", publisher_conn.close(200, "shutdown".into())).await;
+                return Ok(End::Shutdown);
+            }
+            setup = tokio::time::timeout(BROKER_LIMIT, setup) => match setup {
+                Ok(setup) => setup?,
+                Err(_) => return Err(SessionError::Timeout("declaring and starting to consume")),
+            },
+        };
         let mut publisher_events = publisher_conn.events_listener();
         d.metrics.amqp_connected.set(1);
         self.health.set_consuming(true);
@@ -318,6 +356,8 @@ impl Supervisor {
                 let settler = Settler {
                     publisher: &out.0,
                     topology: &out.1,
+                    backoff: &d.settle_backoff,
+                    shutdown: &d.shutdown,
                 };
                 d.handle(&settler, delivery).await;
                 drop(inflight);

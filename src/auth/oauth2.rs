@@ -8,7 +8,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::assertion::{ASSERTION_TYPE, Assertion};
-use super::token::{self, ExtractError, ResponseShape};
+use super::token::{self, ExtractError, ResponseShape, Scrub};
 use crate::decide::Health;
 use crate::http;
 
@@ -142,15 +142,18 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// What the failure says about the profile, for its circuit breaker (SPEC section 4): an
-    /// auth server that times out, cannot be reached or answers 5xx or 429 is down; one that
-    /// refuses the credentials (another 4xx) or answers something unusable is up, and a
-    /// refused address or an unsignable assertion never reached it.
+    /// What the failed token request says about the profile, for its circuit breaker (SPEC
+    /// section 4): an auth server that times out, cannot be reached or answers 5xx or 429
+    /// counts as a failed attempt. Anything else counts neither way: a refusal of the
+    /// credentials (another 4xx) or an unusable answer is a configuration problem, not an
+    /// outage, and the callback URL was never reached, so it must neither open the breaker
+    /// nor (as `Up` would) reset its count of consecutive failures or close it after a
+    /// probe. A refused address or an unsignable assertion never reached the auth server.
     pub fn health(&self) -> Health {
         match self {
             Self::Transport(_) => Health::Down,
             Self::Status { status, .. } if *status == 429 || *status >= 500 => Health::Down,
-            Self::Status { .. } | Self::Response(_) => Health::Up,
+            Self::Status { .. } | Self::Response(_) => Health::Unknown,
             Self::Blocked(_) | Self::Assertion(_) => Health::Unknown,
         }
     }
@@ -186,7 +189,19 @@ impl OAuth2 {
         Ok(fields)
     }
 
-    fn request(&self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, AuthError> {
+    /// The request, and what no error about its answer may repeat: the credentials it
+    /// carries, in the forms they travel in.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+    ) -> Result<(reqwest::RequestBuilder, Scrub), AuthError> {
+        let mut scrub = Scrub::default();
+        if let ClientAuth::Secret { secret, .. } = &self.client_auth {
+            let secret = secret.expose_secret();
+            scrub.add(secret);
+            let basic = token::basic_credentials(&self.client_id, secret);
+            scrub.add(basic.trim_start_matches("Basic "));
+        }
         let mut req = client
             .request(self.method.clone(), self.url.clone())
             .headers(self.headers.clone())
@@ -205,6 +220,11 @@ impl OAuth2 {
             req = req.header(AUTHORIZATION, value);
         }
         let fields = self.fields()?;
+        for (k, v) in &fields {
+            if *k == "client_assertion" {
+                scrub.add(v);
+            }
+        }
         let json = matches!(
             self.client_auth,
             ClientAuth::Secret {
@@ -212,7 +232,7 @@ impl OAuth2 {
                 ..
             }
         );
-        Ok(match (json, &self.method) {
+        let req = match (json, &self.method) {
             (true, _) => {
                 let obj: serde_json::Map<String, serde_json::Value> = fields
                     .into_iter()
@@ -222,35 +242,37 @@ impl OAuth2 {
             }
             (false, &Method::GET) => req.query(&fields),
             (false, _) => req.form(&fields),
-        })
+        };
+        Ok((req, scrub))
     }
 
-    /// One request to the auth server, and the token read from its answer.
+    /// One request to the auth server, and the token read from its answer. No text of the
+    /// error repeats the credentials or a token (SPEC section 4): such text is `[redacted]`.
     pub async fn fetch(&self, client: &reqwest::Client) -> Result<Token, AuthError> {
-        let response = self
-            .request(client)?
-            .send()
-            .await
-            .map_err(|e| match http::blocked(&e) {
-                Some(blocked) => AuthError::Blocked(blocked),
-                None => AuthError::Transport(http::describe(e)),
-            })?;
+        let (request, scrub) = self.request(client)?;
+        let transport =
+            |e: reqwest::Error| AuthError::Transport(scrub.field(&http::describe(e), 500));
+        let response = request.send().await.map_err(|e| match http::blocked(&e) {
+            Some(blocked) => AuthError::Blocked(blocked),
+            None => transport(e),
+        })?;
         let status = response.status();
         let body = http::read_capped(response, MAX_AUTH_RESPONSE)
             .await
-            .map_err(|e| AuthError::Transport(http::describe(e)))?;
+            .map_err(transport)?;
         if !status.is_success() {
             let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            let (error, description) = token::rfc6749_error(&json);
+            let scrub = scrub.with_tokens_of(&json, &self.shape.token);
+            let (error, description) = token::rfc6749_error(&json, &scrub);
             return Err(AuthError::Status {
                 status: status.as_u16(),
                 error,
                 description,
-                body: ErrorBody(String::from_utf8_lossy(&body).into_owned()),
+                body: ErrorBody(scrub.field(&String::from_utf8_lossy(&body), MAX_AUTH_RESPONSE)),
             });
         }
         let now = SystemTime::now();
-        let got = token::extract(&body, &self.shape, now)?;
+        let got = token::extract_with(&body, &self.shape, now, &scrub)?;
         let lifetime = got.expires_at.duration_since(now).unwrap_or_default();
         let reuse_until = Instant::now() + token::reuse_for(lifetime, self.refresh_before_expiry);
         Token::new(got.scheme, got.token, got.expires_at, reuse_until).ok_or_else(|| {
@@ -284,5 +306,32 @@ mod tests {
         let shown = format!("{token:?} {err:?} {err} {:?}", token.header);
         assert!(!shown.contains("DEBUG-secret"), "{shown}");
         assert!(shown.contains("invalid_client"), "{shown}");
+    }
+
+    #[test]
+    fn only_outages_of_the_auth_server_count_for_the_breaker() {
+        let status = |status| AuthError::Status {
+            status,
+            error: None,
+            description: None,
+            body: ErrorBody(String::new()),
+        };
+        let cases = [
+            (
+                AuthError::Transport("timed out after 2s".into()),
+                Health::Down,
+            ),
+            (status(503), Health::Down),
+            (status(500), Health::Down),
+            (status(429), Health::Down),
+            // Wrong credentials: not an outage, and not a sign the endpoint is up either.
+            (status(401), Health::Unknown),
+            (status(400), Health::Unknown),
+            (AuthError::Response(ExtractError::NotJson), Health::Unknown),
+            (AuthError::Blocked("loopback".into()), Health::Unknown),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.health(), want, "{err}");
+        }
     }
 }

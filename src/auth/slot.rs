@@ -7,13 +7,24 @@
 //!   wait for that fetch to end (all woken at once) and take its token or, if it failed, its
 //!   error, so a failing auth server sees one request per burst, not one per waiting
 //!   delivery.
+//! - After a failed request no new one is made for a back-off ([`backoff`]: 1 s doubling to
+//!   1 min, reset by a success, SPEC section 4); meanwhile whoever needs the token gets the
+//!   last error at once, without a request. The back-off counts from the end of the failed
+//!   request, so a hanging auth server sees one request per timeout plus back-off.
+//! - Only the caller that made the request learns it did ([`TokenError::Failed`]'s
+//!   `requested`): the profile's breaker counts one failed request once, not once per event
+//!   that waited for it or failed during the back-off.
+//! - A caller waits for someone else's request only as long as it was told it may
+//!   (`patience`, the profile's fair share of the prefetch window, SPEC section 9): then it
+//!   gets [`TokenError::Busy`] and its event is deferred without an attempt, so a hanging
+//!   auth server holds one event per profile, not every event of the profile in hand.
 //! - A 401 from the callback URL drops the token only if it is still the one that was used,
 //!   so a burst of 401s for one stale token causes one refresh.
 //! - With a shared cache ([`SharedTokens`]) the slot still fronts it: Redis is asked only
 //!   when this replica has no fresh token.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
@@ -31,11 +42,43 @@ pub struct TokenSlot {
 
 #[derive(Default)]
 struct Flight {
-    fetching: bool,
+    /// When the fetch under way, if any, started.
+    fetching: Option<Instant>,
     /// Fetches ended so far.
     generation: u64,
-    /// The last fetch's error, for those who waited on it.
+    /// The last fetch's error, for those who waited on it and for the back-off.
     last_error: Option<Arc<AuthError>>,
+    /// Failed fetches in a row.
+    failures: u32,
+    /// No new fetch before this, after a failure.
+    retry_at: Option<Instant>,
+}
+
+/// The first wait after a failed token request.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The wait after the `failures`-th failed request in a row: 1 s doubling up to 1 min.
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(BACKOFF_MAX)
+}
+
+/// Why no token was handed out.
+#[derive(Debug, Clone)]
+pub enum TokenError {
+    /// The token request failed: this caller's own (`requested`), or one it waited for, or
+    /// the last one while its back-off runs.
+    Failed {
+        error: Arc<AuthError>,
+        requested: bool,
+    },
+    /// Another caller's request is still under way and this one may wait no longer; it
+    /// ends by `left` at the latest.
+    Busy { left: Duration },
 }
 
 impl Default for TokenSlot {
@@ -64,14 +107,20 @@ struct Fetching<'a> {
 impl Drop for Fetching<'_> {
     fn drop(&mut self) {
         let mut f = self.slot.flight.lock().expect("token slot lock");
-        f.fetching = false;
+        f.fetching = None;
         f.generation += 1;
         match self.result.take() {
             Some(Ok(token)) => {
                 self.slot.current.store(Some(token));
                 f.last_error = None;
+                f.failures = 0;
+                f.retry_at = None;
             }
-            Some(Err(e)) => f.last_error = Some(e),
+            Some(Err(e)) => {
+                f.failures = f.failures.saturating_add(1);
+                f.retry_at = Some(Instant::now() + backoff(f.failures));
+                f.last_error = Some(e);
+            }
             // Dropped mid-fetch: no result to share; whoever waited fetches again.
             None => f.last_error = None,
         }
@@ -91,36 +140,57 @@ impl TokenSlot {
     }
 
     /// A token for one attempt: the cached one, or one fetched once for everybody waiting.
+    /// Waits for another caller's request at most `patience`.
     pub async fn get(
         &self,
         src: &Source<'_>,
         shared: Option<&SharedTokens>,
-    ) -> Result<Arc<Token>, Arc<AuthError>> {
+        patience: Duration,
+    ) -> Result<Arc<Token>, TokenError> {
         if let Some(t) = self.fresh() {
             src.metrics.token_cache_hit();
             return Ok(t);
         }
+        let deadline = tokio::time::Instant::now() + patience;
         let mut seen = None;
         loop {
             let mut ended = self.done.subscribe();
-            {
+            let started = {
                 let mut f = self.flight.lock().expect("token slot lock");
                 if let Some(t) = self.fresh() {
                     src.metrics.token_cache_hit();
                     return Ok(t);
                 }
                 let generation = *seen.get_or_insert(f.generation);
-                if f.generation != generation
-                    && let Some(e) = &f.last_error
+                let waited = f.generation != generation;
+                let backing_off = f.retry_at.is_some_and(|at| Instant::now() < at);
+                if let Some(e) = &f.last_error
+                    && (waited || backing_off)
                 {
-                    return Err(e.clone()); // the fetch we waited for failed
+                    // The fetch we waited for failed, or the last one did and its back-off
+                    // runs: fail at once, without a request.
+                    return Err(TokenError::Failed {
+                        error: e.clone(),
+                        requested: false,
+                    });
                 }
-                if !f.fetching {
-                    f.fetching = true;
-                    break;
+                match f.fetching {
+                    None => {
+                        f.fetching = Some(Instant::now());
+                        break;
+                    }
+                    Some(started) => started,
                 }
+            };
+            if tokio::time::timeout_at(deadline, ended.changed())
+                .await
+                .is_err()
+            {
+                let ends = started + src.timeout;
+                return Err(TokenError::Busy {
+                    left: ends.saturating_duration_since(Instant::now()),
+                });
             }
-            let _ = ended.changed().await;
         }
         let mut fetching = Fetching {
             slot: self,
@@ -140,7 +210,10 @@ impl TokenSlot {
             Err(e) => Err(Arc::new(e)),
         };
         fetching.result = Some(result.clone());
-        result
+        result.map_err(|error| TokenError::Failed {
+            error,
+            requested: true,
+        })
     }
 
     /// Drop `used` after the callback URL answered 401, unless it was already replaced.
@@ -152,5 +225,144 @@ impl TokenSlot {
         if let (Some(shared), Some(stored)) = (shared, &used.stored) {
             shared.reject(src, stored).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::profiles::Registry;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_one_minute() {
+        let s = Duration::from_secs;
+        let got: Vec<Duration> = (1..=9).map(backoff).collect();
+        assert_eq!(
+            got,
+            [s(1), s(2), s(4), s(8), s(16), s(32), s(60), s(60), s(60)]
+        );
+        assert_eq!(backoff(u32::MAX), s(60));
+    }
+
+    /// An auth server on 127.0.0.1 that counts requests and answers `status` after `delay`.
+    async fn auth_server(status: u16, delay: Duration) -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    r#"{"error":"temporarily_unavailable"}"#,
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, hits)
+    }
+
+    fn registry(auth_url: &str, timeout: &str) -> Registry {
+        let config = serde_json::json!({
+            "delivery": {"allow_networks": ["127.0.0.0/8"]},
+            "profiles": [{
+                "id": "p", "url": "http://127.0.0.1:1/cb", "timeout": timeout,
+                "auth": {"type": "oauth2", "url": auth_url, "client_id": "id",
+                         "client_secret": "cs-unit-secret"}
+            }]
+        });
+        let config = Config::from_yaml(
+            &serde_json::to_string(&config).unwrap(),
+            std::path::Path::new("test.yaml"),
+            |_| None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Registry::new(&config, Arc::new(Metrics::new()))
+    }
+
+    fn failed(r: Result<Option<crate::auth::Credential>, TokenError>) -> (bool, String) {
+        match r {
+            Err(TokenError::Failed { error, requested }) => (requested, error.to_string()),
+            Err(other) => panic!("not a failure: {other:?}"),
+            Ok(_) => panic!("a token"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_backs_off_and_only_its_caller_counts_it() {
+        let (url, hits) = auth_server(503, Duration::ZERO).await;
+        let registry = registry(&url, "2s");
+        let snapshot = registry.load();
+        let ep = snapshot.endpoint("p").unwrap();
+        let patience = Duration::from_secs(1);
+
+        let (requested, error) = failed(ep.credential(patience).await);
+        assert!(requested, "the caller that made the request is told so");
+        assert!(error.contains("503"), "{error}");
+        // During the back-off: the same error at once, without a request.
+        for _ in 0..20 {
+            let (requested, again) = failed(ep.credential(patience).await);
+            assert!(!requested);
+            assert_eq!(again, error);
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+        // After 1 s, one new request; then 2 s without one.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(failed(ep.credential(patience).await).0);
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(
+            !failed(ep.credential(patience).await).0,
+            "second back-off is 2 s"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(failed(ep.credential(patience).await).0);
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_caller_waits_for_another_callers_request_only_as_long_as_it_may() {
+        let (url, hits) = auth_server(200, Duration::from_secs(3600)).await;
+        let registry = Arc::new(registry(&url, "2s"));
+        let first = {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let snapshot = registry.load();
+                let ep = snapshot.endpoint("p").unwrap();
+                failed(ep.credential(Duration::from_secs(5)).await)
+            })
+        };
+        while hits.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let snapshot = registry.load();
+        let ep = snapshot.endpoint("p").unwrap();
+        let started = Instant::now();
+        match ep.credential(Duration::from_millis(100)).await {
+            Err(TokenError::Busy { left }) => {
+                assert!(left <= Duration::from_secs(2) && left > Duration::from_secs(1));
+            }
+            other => panic!("expected Busy, got {:?}", other.err()),
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(1),
+            "{waited:?}"
+        );
+        // The request times out after the profile's timeout: a transport failure.
+        let (requested, error) = first.await.unwrap();
+        assert!(requested);
+        assert!(error.contains("timed out"), "{error}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
 }

@@ -116,6 +116,8 @@ pub enum ExtractError {
     NotJwt { expected: String },
     #[error("token JWT alg is {found}, auth_algorithm requires {expected}")]
     WrongAlgorithm { expected: String, found: String },
+    #[error("the value at {path} is a string holding the token, not a scheme")]
+    TokenTypeIsToken { path: String },
 }
 
 pub(crate) fn describe_server_error(
@@ -132,9 +134,87 @@ pub(crate) fn describe_server_error(
     }
 }
 
-/// RFC 6749 5.2 `error` and `error_description`, when the body carries them.
-pub fn rfc6749_error(body: &Value) -> (Option<String>, Option<String>) {
-    let field = |k: &str| body.get(k).and_then(Value::as_str).map(|s| clip(s, 200));
+/// What replaces a text from the auth server that holds a secret or a token.
+pub const REDACTED: &str = "[redacted]";
+
+/// The values that must never be repeated from an auth server's answer (SPEC section 4):
+/// the client secret in every form it travelled in, the client assertion, and any token
+/// the answer carries. A text that holds one of them is replaced as a whole by
+/// [`REDACTED`]; it is checked before it is clipped, so a clipped half of a secret cannot
+/// slip through. `Debug` shows only how many values it holds.
+#[derive(Clone, Default)]
+pub struct Scrub {
+    values: Vec<String>,
+}
+
+impl fmt::Debug for Scrub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scrub({} values)", self.values.len())
+    }
+}
+
+impl Scrub {
+    /// Add `value` (ignored when empty) and the forms a server may echo it in: form- and
+    /// percent-encoded, JSON-escaped.
+    pub fn add(&mut self, value: &str) {
+        if value.is_empty() {
+            return;
+        }
+        let form: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        let json = serde_json::to_string(value).unwrap_or_default();
+        let json = json.trim_matches('"');
+        for v in [
+            value.to_owned(),
+            form.replace('+', "%20"),
+            form,
+            json.to_owned(),
+        ] {
+            if !v.is_empty() && !self.values.contains(&v) {
+                self.values.push(v);
+            }
+        }
+    }
+
+    /// This scrub and the tokens `body` carries: the string at the token path and at the
+    /// usual token fields, whatever the status.
+    pub fn with_tokens_of(&self, body: &Value, token: &FieldPath) -> Scrub {
+        let mut out = self.clone();
+        let found = token.first(body).into_iter().chain(
+            ["access_token", "id_token", "refresh_token"]
+                .iter()
+                .filter_map(|k| body.get(*k)),
+        );
+        for v in found {
+            if let Value::String(s) = v {
+                out.add(s);
+            }
+        }
+        out
+    }
+
+    /// Whether `text` holds one of the values.
+    pub fn holds(&self, text: &str) -> bool {
+        self.values.iter().any(|v| text.contains(v.as_str()))
+    }
+
+    /// `text` as it may be shown: [`REDACTED`] when it holds a value, else clipped to `max`
+    /// characters.
+    pub fn field(&self, text: &str, max: usize) -> String {
+        if self.holds(text) {
+            REDACTED.to_owned()
+        } else {
+            clip(text, max)
+        }
+    }
+}
+
+/// RFC 6749 5.2 `error` and `error_description`, when the body carries them, scrubbed.
+pub fn rfc6749_error(body: &Value, scrub: &Scrub) -> (Option<String>, Option<String>) {
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .map(|s| scrub.field(s, 200))
+    };
     (field("error"), field("error_description"))
 }
 
@@ -162,11 +242,24 @@ pub fn extract(
     shape: &ResponseShape,
     now: SystemTime,
 ) -> Result<Extracted, ExtractError> {
+    extract_with(body, shape, now, &Scrub::default())
+}
+
+/// [`extract`], with the values no error text may repeat (the tokens of `body` are added).
+/// An error about the value at a configured path names the path and the value's JSON type,
+/// never the value.
+pub fn extract_with(
+    body: &[u8],
+    shape: &ResponseShape,
+    now: SystemTime,
+    scrub: &Scrub,
+) -> Result<Extracted, ExtractError> {
     let json: Value = serde_json::from_slice(body).map_err(|_| ExtractError::NotJson)?;
+    let scrub = scrub.with_tokens_of(&json, &shape.token);
     let token = match shape.token.first(&json) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) | Some(Value::Null) | None => {
-            let (error, description) = rfc6749_error(&json);
+            let (error, description) = rfc6749_error(&json, &scrub);
             return Err(ExtractError::NoToken {
                 path: shape.token.to_string(),
                 error,
@@ -191,7 +284,7 @@ pub fn extract(
             Some(found) if &found != expected => {
                 return Err(ExtractError::WrongAlgorithm {
                     expected: expected.clone(),
-                    found: clip(&found, 20),
+                    found: scrub.field(&found, 20),
                 });
             }
             Some(_) => {}
@@ -213,7 +306,7 @@ pub fn extract(
         None => match jwt.and_then(|j| j.exp) {
             Some(exp) => unix_seconds(exp as f64).ok_or_else(|| ExtractError::BadExpiry {
                 path: "JWT exp".into(),
-                reason: format!("{exp} is out of range"),
+                reason: "a number out of range".into(),
             })?,
             None => now + DEFAULT_LIFETIME,
         },
@@ -227,9 +320,17 @@ pub fn extract(
     let scheme = shape
         .token_type
         .as_ref()
-        .and_then(|p| p.first(&json))
-        .and_then(Value::as_str)
-        .map_or_else(|| "Bearer".to_owned(), normalize_scheme);
+        .and_then(|p| p.first(&json).and_then(Value::as_str).map(|v| (p, v)));
+    let scheme = match scheme {
+        // The scheme is logged and shown: it must not be the token.
+        Some((path, value)) if scrub.holds(value) => {
+            return Err(ExtractError::TokenTypeIsToken {
+                path: path.to_string(),
+            });
+        }
+        Some((_, value)) => normalize_scheme(value),
+        None => "Bearer".to_owned(),
+    };
     Ok(Extracted {
         token: SecretString::from(token),
         scheme,
@@ -253,7 +354,9 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// The expiry value at the configured path, as an absolute time.
+/// The expiry value at the configured path, as an absolute time. The error says what kind
+/// of value it is and why it does not do, never the value: a misconfigured path may point
+/// at the token.
 pub fn parse_expiry(
     value: &Value,
     format: ExpirationFormat,
@@ -277,21 +380,22 @@ pub fn parse_expiry(
         (ExpirationFormat::Auto, None) => ExpirationFormat::Rfc3339,
         (f, _) => f,
     };
-    let out_of_range = || format!("{} is out of range", clip(&value.to_string(), 40));
+    let what = kind(value);
+    let out_of_range = || format!("{what} out of range");
     match (format, number) {
         (ExpirationFormat::Rfc3339, _) => match text {
             Some(t) => {
-                parse_rfc3339(t).ok_or_else(|| format!("{:?} is not an RFC 3339 time", clip(t, 40)))
+                parse_rfc3339(t).ok_or_else(|| format!("{what} that is not an RFC 3339 time"))
             }
-            None => Err("expected an RFC 3339 string".into()),
+            None => Err(format!("expected an RFC 3339 string, found {what}")),
         },
-        (_, None) => Err(format!("{} is not a number", clip(&value.to_string(), 40))),
+        (_, None) => Err(format!("{what} that is not a number")),
         (ExpirationFormat::Seconds, Some(n)) => {
             if n <= 0.0 {
-                return Err(format!("lifetime {n} is not positive"));
+                return Err(format!("{what}, a lifetime that is not positive"));
             }
             if n < 1.0 {
-                return Err(format!("lifetime {n} is under one second"));
+                return Err(format!("{what}, a lifetime under one second"));
             }
             Duration::try_from_secs_f64(n)
                 .ok()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::auth::fetch::Source;
 use crate::auth::shared::SharedTokens;
+use crate::auth::slot::TokenError;
 use crate::auth::{Auth, AuthError, Credential, Token, TokenSlot};
 use crate::config::Profile;
 use crate::decide::{AttemptResult, Reading};
@@ -50,8 +51,9 @@ impl Endpoint {
         })
     }
 
-    /// The credential for one attempt; `None` for profiles without auth.
-    pub async fn credential(&self) -> Result<Option<Credential>, Arc<AuthError>> {
+    /// The credential for one attempt; `None` for profiles without auth. Waits for a token
+    /// request made for another event at most `patience` (see [`TokenSlot::get`]).
+    pub async fn credential(&self, patience: Duration) -> Result<Option<Credential>, TokenError> {
         match &self.profile.auth {
             Auth::None => Ok(None),
             Auth::Static { header, value } => Ok(Some(Credential {
@@ -61,7 +63,10 @@ impl Endpoint {
             })),
             Auth::OAuth2(_) => {
                 let src = self.source().expect("an oauth2 profile");
-                let token = self.tokens.get(&src, self.shared.as_deref()).await?;
+                let token = self
+                    .tokens
+                    .get(&src, self.shared.as_deref(), patience)
+                    .await?;
                 Ok(Some(Credential {
                     header: reqwest::header::AUTHORIZATION,
                     value: token.header.clone(),

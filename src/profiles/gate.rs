@@ -458,6 +458,12 @@ impl Gate {
         (since + budget).saturating_duration_since(tokio::time::Instant::now())
     }
 
+    /// How long an event that starts waiting now (for its profile's token) may wait in
+    /// memory, by the same rule as for a slot.
+    pub fn patience(&self, window: &Window) -> Duration {
+        self.left(window, tokio::time::Instant::now())
+    }
+
     /// Wait (within the rules above) for leave to attempt, or say why not.
     pub async fn admit(
         &self,

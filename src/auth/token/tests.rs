@@ -225,15 +225,15 @@ fn bad_responses_table() {
         ),
         (
             br#"{"access_token":"x","expires_in":-10}"#.to_vec(),
-            "bad expiry at $.expires_in: lifetime -10 is not positive",
+            "bad expiry at $.expires_in: a number, a lifetime that is not positive",
         ),
         (
             br#"{"access_token":"x","expires_in":"later"}"#.to_vec(),
-            "bad expiry at $.expires_in: \"later\" is not an RFC 3339 time",
+            "bad expiry at $.expires_in: a string that is not an RFC 3339 time",
         ),
         (
             br#"{"access_token":"x","expires_in":1e300}"#.to_vec(),
-            "bad expiry at $.expires_in: 1e+300 is out of range",
+            "bad expiry at $.expires_in: a number out of range",
         ),
         (
             json!({"access_token": expired_jwt})
@@ -289,4 +289,72 @@ fn errors_never_carry_the_token() {
     let body = br#"{"access_token":"SUPERSECRETTOKEN","expires_in":5}"#;
     let err = extract(body, &s, at(NOW)).err().unwrap();
     assert!(!format!("{err} {err:?}").contains("SUPERSECRETTOKEN"));
+}
+
+#[test]
+fn an_expiry_or_scheme_path_pointing_at_the_token_never_quotes_it() {
+    let token = "tok-PATH-secret-0123456789abcdefghijklmnopqrstuvwxyz";
+    let body = json!({"access_token": token, "expires_in": 3600}).to_string();
+    for format in [
+        ExpirationFormat::Auto,
+        ExpirationFormat::Seconds,
+        ExpirationFormat::UnixSeconds,
+        ExpirationFormat::UnixMillis,
+        ExpirationFormat::Rfc3339,
+    ] {
+        let s = shape("$.access_token", Some("$.access_token"), format, None);
+        let err = extract(body.as_bytes(), &s, at(NOW)).err().unwrap();
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("PATH-secret"), "{shown}");
+        assert!(shown.contains("$.access_token"), "names the path: {shown}");
+        assert!(shown.contains("a string"), "names the JSON type: {shown}");
+    }
+    let s = shape(
+        "$.access_token",
+        None,
+        ExpirationFormat::Auto,
+        Some("$.access_token"),
+    );
+    let err = extract(body.as_bytes(), &s, at(NOW)).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "the value at $.access_token is a string holding the token, not a scheme"
+    );
+}
+
+#[test]
+fn server_text_holding_a_secret_or_a_token_is_redacted_whole() {
+    let secret = "cs-ECHO+secret value/with&chars";
+    let mut scrub = Scrub::default();
+    scrub.add(secret);
+    let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let long = format!("{} then {secret}", "x".repeat(190)); // the secret straddles the clip
+    for echoed in [
+        format!("client_secret {secret} is wrong"),
+        format!("body was client_secret={form}"),
+        format!("basic {}", form.replace('+', "%20")),
+        json!({ "s": secret }).to_string(),
+        long,
+    ] {
+        let body = json!({"error": "invalid_client", "error_description": echoed});
+        let (error, description) = rfc6749_error(&body, &scrub);
+        assert_eq!(error.as_deref(), Some("invalid_client"));
+        assert_eq!(description.as_deref(), Some(REDACTED), "{echoed}");
+    }
+    // Harmless text is kept (clipped).
+    let body = json!({"error": "invalid_client", "error_description": "unknown client"});
+    assert_eq!(
+        rfc6749_error(&body, &scrub).1.as_deref(),
+        Some("unknown client")
+    );
+    // A token in the answer is scrubbed from its own error fields.
+    let s = shape("$.data.token", None, ExpirationFormat::Auto, None);
+    let body = json!({"access_token": "tok-ANSWER-1234", "error": "x",
+                      "error_description": "issued tok-ANSWER-1234 but no data"});
+    let err = extract_with(body.to_string().as_bytes(), &s, at(NOW), &scrub)
+        .err()
+        .unwrap();
+    assert!(!err.to_string().contains("ANSWER"), "{err}");
+    assert!(err.to_string().contains(REDACTED), "{err}");
+    assert!(!format!("{scrub:?}").contains("ECHO"));
 }
