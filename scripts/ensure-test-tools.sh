@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What the test suite needs besides RabbitMQ: redis-server (the shared token cache's tests
-# start their own on a free port) and Authlib (a real OAuth 2.0 server implementation the
-# Basic-header test runs against). Installs what is missing: Debian/Ubuntu packages as root,
-# Authlib with pip. Idempotent.
+# start their own on a free port), Authlib (a real OAuth 2.0 server implementation the
+# Basic-header test runs against) and stress-ng (to run the suite with a core kept busy, as
+# a loaded machine would: `stress-ng --cpu 1 --timeout 30m &`). Installs what is missing:
+# Debian/Ubuntu packages as root, Authlib with pip. Idempotent.
 set -euo pipefail
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -23,4 +24,9 @@ if ! python3 -c "import authlib" >/dev/null 2>&1; then
     || apt_install python3-authlib \
     || { echo "ensure-test-tools: cannot install Authlib (pip install authlib)" >&2; exit 1; }
 fi
-echo "ensure-test-tools: redis-server and Authlib present"
+if ! command -v stress-ng >/dev/null 2>&1; then
+  echo "ensure-test-tools: installing stress-ng"
+  # Optional: the suite itself does not need it.
+  apt_install stress-ng || echo "ensure-test-tools: stress-ng is missing (optional; install it to test under load)" >&2
+fi
+echo "ensure-test-tools: redis-server, Authlib and stress-ng present"

@@ -138,7 +138,7 @@ async fn hanging_and_failing_auth_servers_never_hold_back_a_healthy_profile() {
         ));
         bad_ids.push(id);
     }
-    let worker = env.start(env.config(&base(&env, profiles))).await;
+    let worker = env.start(env.config_text(&base(&env, profiles))).await;
 
     // The healthy profile alone.
     let started = Instant::now();
@@ -276,7 +276,7 @@ async fn auth_server_text_holding_the_secret_or_the_token_never_reaches_dead_let
     config["retry"]["max_attempts"] = json!(1);
     config["metrics"]["listen"] = json!(format!("127.0.0.1:{port}"));
     let text = serde_json::to_string(&config).unwrap();
-    env.config(&text); // the queues are cleaned up with the test
+    env.config_text(&text); // the queues are cleaned up with the test
     let path = dir.path().join("dispatcher.yaml");
     std::fs::write(&path, &text).unwrap();
     let worker = Process::spawn_at(dir.clone(), path.clone(), port, "debug");

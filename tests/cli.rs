@@ -25,9 +25,13 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-fn write(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
+fn write(dir: &tempfile::TempDir, file: &ConfigFile) -> std::path::PathBuf {
+    write_text(dir, &file.to_yaml())
+}
+
+fn write_text(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let p = dir.path().join("dispatcher.yaml");
-    std::fs::write(&p, yaml).unwrap();
+    std::fs::write(&p, text).unwrap();
     p
 }
 
@@ -48,7 +52,8 @@ fn check_config_prints_a_summary_or_every_error() {
         "{out}"
     );
 
-    let bad = write(
+    // Raw text: the errors name its lines, and `${VAR:-default}` is read from it.
+    let bad = write_text(
         &dir,
         "retry:\n  max_delay: 1ms\n  initial_delay: 1s\nprofiles:\n  - id: \"bad id!\"\n    url: nope\n    auth: {type: oauth2, grant_type: pkce, url: http://x/t, client_id: c, client_secret: \"${UNSET_SECRET:-s}\"}\n",
     );
@@ -70,10 +75,17 @@ fn check_config_prints_a_summary_or_every_error() {
 #[test]
 fn check_config_warns_about_literal_hosts_the_network_guard_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write(
-        &dir,
-        "delivery: {allow_networks: [10.20.0.0/16]}\nprofiles:\n  - {id: meta, url: \"http://169.254.169.254/latest\"}\n  - {id: ok, url: \"http://10.20.1.2/hook\", auth: {type: oauth2, url: \"http://[::1]:8080/token\", client_id: c, client_secret: s}}\n  - {id: named, url: \"https://hooks.example/\"}\n",
-    );
+    let mut file = ConfigFile::with_profiles([
+        Profile::new("meta", "http://169.254.169.254/latest"),
+        Profile::new("ok", "http://10.20.1.2/hook").auth(OAuth2::new(
+            "http://[::1]:8080/token",
+            "c",
+            "s",
+        )),
+        Profile::new("named", "https://hooks.example/"),
+    ]);
+    file.delivery.allow_networks = Some(vec!["10.20.0.0/16".into()]);
+    let config = write(&dir, &file);
     let o = bin(&["check-config"], &config);
     let (out, err) = text(&o);
     assert!(o.status.success(), "valid, with warnings: {out}{err}");
@@ -98,11 +110,15 @@ async fn token_command_shows_scheme_expiry_and_a_redacted_token() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "delivery: {{allow_networks: [127.0.0.0/8]}}\nprofiles:\n  - id: ib\n    url: http://127.0.0.1:9/\n    auth:\n      type: oauth2\n      url: \"{}\"\n      client_id: c\n      client_secret: \"tok-cmd-secret\"\n      token_field_path: $.data.token\n      token_type_field_path: $.data.tokenType\n      expiration_field_path: $.data.expiresIn\n",
-        auth.url("/session")
-    );
-    let config = write(&dir, &yaml);
+    let mut file =
+        ConfigFile::with_profiles([Profile::new("ib", "http://127.0.0.1:9/").auth(OAuth2 {
+            token_field_path: Some("$.data.token".into()),
+            token_type_field_path: Some("$.data.tokenType".into()),
+            expiration_field_path: Some("$.data.expiresIn".into()),
+            ..OAuth2::new(&auth.url("/session"), "c", "tok-cmd-secret")
+        })]);
+    file.delivery.allow_networks = Some(vec!["127.0.0.0/8".into()]);
+    let config = write(&dir, &file);
     let config2 = config.clone();
     let o = tokio::task::spawn_blocking(move || bin(&["token", "--profile", "ib"], &config2))
         .await
@@ -131,17 +147,16 @@ async fn token_command_shows_scheme_expiry_and_a_redacted_token() {
 async fn publish_then_dead_letters_list_and_replay() {
     let receiver = Server::start(|n, _| Reply::status(if n < 3 { 410 } else { 200 })).await;
     let env = Env::new("cli");
-    let yaml = env.yaml(
-        "  max_attempts: 2\n",
-        &format!(
-            "  - id: a\n    url: \"{}\"\n  - id: b\n    url: \"{}\"\n",
-            receiver.url("/a"),
-            receiver.url("/b")
-        ),
+    let file = env.file(
+        Retry::attempts(2),
+        [
+            Profile::new("a", &receiver.url("/a")),
+            Profile::new("b", &receiver.url("/b")),
+        ],
     );
-    let config = env.config(&yaml);
+    let config = env.config(&file);
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, &yaml);
+    let path = write(&dir, &file);
     let worker = env.start(config).await;
 
     let body = dir.path().join("event.json");
@@ -165,9 +180,9 @@ async fn publish_then_dead_letters_list_and_replay() {
         assert!(o.status.success(), "{:?}", text(&o));
         assert_eq!(text(&o).0.trim(), format!("published {id}"));
         // One at a time, so the receiver's first three answers (410) go to these three.
-        receiver.wait_for(k + 1, Duration::from_secs(20)).await;
+        receiver.wait_for(k + 1, Duration::from_secs(60)).await;
     }
-    wait_until(Duration::from_secs(20), "3 dead letters", || async {
+    wait_until(Duration::from_secs(60), "3 dead letters", || async {
         worker.metrics().await.deliveries("a", "dead_lettered") == 2.0
     })
     .await;
@@ -219,13 +234,10 @@ async fn metrics_expose_exactly_the_spec_families_and_health_endpoints() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("metrics");
     let worker = env
-        .start(env.config(&env.yaml(
-            "  max_attempts: 2\n",
-            &format!("  - id: m\n    url: \"{}\"\n", receiver.url("/")),
-        )))
+        .start(env.config(&env.file(Retry::attempts(2), [Profile::new("m", &receiver.url("/"))])))
         .await;
     env.publish(Some("m"), "m-1", b"{}").await;
-    receiver.wait_for(1, Duration::from_secs(20)).await;
+    receiver.wait_for(1, Duration::from_secs(60)).await;
     assert_eq!(worker.get("/healthz").await.0, 200);
     assert_eq!(worker.get("/readyz").await.0, 200);
     let (_, raw) = worker.get("/metrics").await;

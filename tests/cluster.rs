@@ -40,7 +40,7 @@ fn prefix(env: &Env) -> String {
 
 /// A worker in this process.
 async fn start(env: &Env, config: &Value) -> Running {
-    env.start(env.config(&serde_json::to_string(config).unwrap()))
+    env.start(env.config_text(&serde_json::to_string(config).unwrap()))
         .await
 }
 
@@ -50,7 +50,7 @@ fn spawn(env: &Env, config: &Value) -> Process {
     let port = free_port();
     config["metrics"]["listen"] = json!(format!("127.0.0.1:{port}"));
     let text = serde_json::to_string(&config).unwrap();
-    env.config(&text);
+    env.config_text(&text);
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let path = dir.path().join("dispatcher.yaml");
     std::fs::write(&path, text).unwrap();

@@ -10,9 +10,17 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::*;
 use serde_json::json;
 
-const LIMIT: Duration = Duration::from_secs(20);
-const FAST_RETRY: &str =
-    "  max_attempts: 3\n  initial_delay: 100ms\n  multiplier: 2\n  max_delay: 1s\n  jitter: 0\n";
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Three attempts, 100 ms then 200 ms apart.
+fn fast_retry() -> Retry {
+    Retry {
+        max_attempts: Some(3),
+        multiplier: Some(2.0),
+        jitter: Some(0.0),
+        ..Retry::backoff(ms(100), secs(1))
+    }
+}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -36,8 +44,15 @@ fn form(body: &[u8]) -> Vec<(String, String)> {
     v
 }
 
-fn oauth_profile(id: &str, callback: &str, auth: &str) -> String {
-    format!("  - id: {id}\n    url: \"{callback}\"\n    auth:\n      type: oauth2\n{auth}")
+fn oauth_profile(id: &str, callback: &str, auth: OAuth2) -> Profile {
+    Profile::new(id, callback).auth(auth)
+}
+
+fn map(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,12 +63,21 @@ async fn kaleyra_style_form_body_custom_headers_and_string_numbers() {
     .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("kaleyra");
-    let a = format!(
-        "      url: \"{}\"\n      client_id: \"MDXXXXTM3NXXXXDUXXXXm\"\n      client_secret: \"kal-secret\"\n      scope: callbacks.write\n      params: {{ resource: \"api://acme\" }}\n      headers: {{ X-Tenant: acme }}\n",
-        auth.url("/oauth2/token")
-    );
+    let a = OAuth2 {
+        params: map(&[("resource", "api://acme")]),
+        headers: map(&[("X-Tenant", "acme")]),
+        ..OAuth2::new(
+            &auth.url("/oauth2/token"),
+            "MDXXXXTM3NXXXXDUXXXXm",
+            "kal-secret",
+        )
+        .scope("callbacks.write")
+    };
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("kal", &receiver.url("/cb"), &a))))
+        .start(env.config(&env.file(
+            fast_retry(),
+            [oauth_profile("kal", &receiver.url("/cb"), a)],
+        )))
         .await;
     for i in 0..3 {
         env.publish(Some("kal"), &format!("kal-{i}"), b"{}").await;
@@ -112,12 +136,11 @@ async fn bandwidth_style_basic_header_with_special_characters() {
     let auth = Server::start(|_, _| Reply::json(200, json!({"access_token":"bw-tok","access_token_id":"id-1","token_type":"Bearer","expires_in":600}))).await;
     let receiver = Server::start(|_, _| Reply::status(204)).await;
     let env = Env::new("bandwidth");
-    let a = format!(
-        "      url: \"{}\"\n      client_id: \"bw client\"\n      client_secret: \"s$ @+/=\"\n      client_auth: basic_header\n      scope: voice.webrtc\n",
-        auth.url("/api/v1/oauth2/token")
-    );
+    let a = OAuth2::new(&auth.url("/api/v1/oauth2/token"), "bw client", "s$ @+/=")
+        .client_auth("basic_header")
+        .scope("voice.webrtc");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("bw", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(fast_retry(), [oauth_profile("bw", &receiver.url("/"), a)])))
         .await;
     env.publish(Some("bw"), "bw-1", b"{}").await;
     worker.wait_delivered("bw", 1).await;
@@ -156,12 +179,15 @@ async fn infobip_style_get_nested_token_and_ibsso_scheme() {
     .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("infobip");
-    let a = format!(
-        "      method: GET\n      url: \"{}\"\n      client_id: ib-user\n      client_secret: ib-pass\n      token_field_path: \"$.data.token\"\n      token_type_field_path: \"$.data.tokenType\"\n      expiration_field_path: \"$.data.expiresAt\"\n      expiration_format: unix_seconds\n",
-        auth.url("/auth/1/session")
-    );
+    let a = OAuth2 {
+        token_field_path: Some("$.data.token".into()),
+        token_type_field_path: Some("$.data.tokenType".into()),
+        expiration_field_path: Some("$.data.expiresAt".into()),
+        expiration_format: Some("unix_seconds".into()),
+        ..OAuth2::new(&auth.url("/auth/1/session"), "ib-user", "ib-pass").method("GET")
+    };
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("ib", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(fast_retry(), [oauth_profile("ib", &receiver.url("/"), a)])))
         .await;
     env.publish(Some("ib"), "ib-1", b"{}").await;
     worker.wait_delivered("ib", 1).await;
@@ -191,12 +217,12 @@ async fn json_body_client_auth_and_a_jwt_only_response() {
     let auth = Server::start(move |_, _| Reply::json(200, json!({ "access_token": t2 }))).await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("jsonbody");
-    let a = format!(
-        "      method: PUT\n      url: \"{}\"\n      client_id: j-id\n      client_secret: j-secret\n      client_auth: json_body\n      auth_algorithm: RS256\n",
-        auth.url("/t")
-    );
+    let a = OAuth2::new(&auth.url("/t"), "j-id", "j-secret")
+        .method("PUT")
+        .client_auth("json_body")
+        .auth_algorithm("RS256");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("j", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(fast_retry(), [oauth_profile("j", &receiver.url("/"), a)])))
         .await;
     env.publish(Some("j"), "j-1", b"{}").await;
     worker.wait_delivered("j", 1).await;
@@ -234,15 +260,11 @@ async fn two_hundred_events_at_once_make_one_auth_request() {
     .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("singleflight");
-    let a = format!(
-        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
-        auth.url("/t")
-    );
-    let yaml = env
-        .yaml(FAST_RETRY, &oauth_profile("sf", &receiver.url("/"), &a))
-        .replace("prefetch: 64", "prefetch: 256")
-        .replace("concurrency: 64", "concurrency: 256");
-    let config = env.config(&yaml);
+    let a = OAuth2::new(&auth.url("/t"), "c", "s");
+    let mut file = env.file(fast_retry(), [oauth_profile("sf", &receiver.url("/"), a)]);
+    file.amqp.prefetch = Some(256);
+    file.delivery.concurrency = Some(256);
+    let config = env.config(&file);
     // Queue the 200 first, then start: they all need the token at the same moment.
     env.publish_many(200, |i| {
         (event_props(Some("sf"), &format!("sf-{i}")), b"{}".to_vec())
@@ -278,12 +300,9 @@ async fn a_short_lived_token_is_refreshed_after_it_expires() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("refresh");
     // Lifetime 2s, margin 30s: under twice the margin, so reused for half its life (1s).
-    let a = format!(
-        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
-        auth.url("/t")
-    );
+    let a = OAuth2::new(&auth.url("/t"), "c", "s");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("sh", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(fast_retry(), [oauth_profile("sh", &receiver.url("/"), a)])))
         .await;
     env.publish(Some("sh"), "sh-1", b"{}").await;
     worker.wait_delivered("sh", 1).await;
@@ -322,19 +341,12 @@ async fn a_401_refreshes_the_token_once_and_resends_at_once_even_for_a_burst() {
     })
     .await;
     let env = Env::new("unauth");
-    let a = format!(
-        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
-        auth.url("/t")
-    );
+    let a = OAuth2::new(&auth.url("/t"), "c", "s");
     let n = 50;
     // All 50 at once: the profile may have them all in flight.
-    let yaml = env
-        .yaml(FAST_RETRY, &oauth_profile("u", &receiver.url("/"), &a))
-        .replace(
-            "concurrency: 64",
-            "concurrency: 64\n  per_profile_concurrency: 64",
-        );
-    let config = env.config(&yaml);
+    let mut file = env.file(fast_retry(), [oauth_profile("u", &receiver.url("/"), a)]);
+    file.delivery.per_profile_concurrency = Some(64);
+    let config = env.config(&file);
     env.publish_many(n, |i| {
         (event_props(Some("u"), &format!("u-{i}")), b"{}".to_vec())
     })
@@ -368,12 +380,9 @@ async fn a_second_401_is_a_retryable_failure() {
     .await;
     let receiver = Server::start(|n, _| Reply::status(if n < 2 { 401 } else { 200 })).await;
     let env = Env::new("unauth2");
-    let a = format!(
-        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
-        auth.url("/t")
-    );
+    let a = OAuth2::new(&auth.url("/t"), "c", "s");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("u2", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(fast_retry(), [oauth_profile("u2", &receiver.url("/"), a)])))
         .await;
     env.publish(Some("u2"), "u2-1", b"{}").await;
     worker.wait_delivered("u2", 1).await;
@@ -398,16 +407,19 @@ async fn an_auth_server_failing_twice_then_recovering_gets_the_event_delivered()
     .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("authrecover");
-    let a = format!(
-        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
-        auth.url("/t")
-    );
     // Retries that outlast the auth back-off (1 s, then 2 s): an attempt within it fails at
     // once without a request.
-    let retry =
-        "  max_attempts: 10\n  initial_delay: 1s\n  multiplier: 2\n  max_delay: 4s\n  jitter: 0\n";
+    let a = OAuth2::new(&auth.url("/t"), "c", "s");
     let worker = env
-        .start(env.config(&env.yaml(retry, &oauth_profile("ar", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(
+            Retry {
+                max_attempts: Some(10),
+                multiplier: Some(2.0),
+                jitter: Some(0.0),
+                ..Retry::backoff(secs(1), secs(4))
+            },
+            [oauth_profile("ar", &receiver.url("/"), a)],
+        )))
         .await;
     env.publish(Some("ar"), "ar-1", b"{}").await;
     worker.wait_delivered("ar", 1).await;
@@ -443,12 +455,9 @@ async fn a_token_with_the_wrong_alg_is_never_sent_and_ends_dead_lettered() {
     .await;
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("wrongalg");
-    let a = format!(
-        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n      auth_algorithm: RS256\n",
-        auth.url("/t")
-    );
+    let a = OAuth2::new(&auth.url("/t"), "c", "s").auth_algorithm("RS256");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &oauth_profile("wa", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(fast_retry(), [oauth_profile("wa", &receiver.url("/"), a)])))
         .await;
     env.publish(Some("wa"), "wa-1", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
@@ -487,42 +496,43 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("tracelogs");
     let signing = "whsec_c2lnbmluZy1TRUNSRVQta2V5LWJ5dGVz"; // "signing-SECRET-key-bytes"
-    let profiles = format!(
-        "{}{}{}{}  - {{id: st-basic, url: \"{cb}\", auth: {{type: basic, username: u, password: \"pw-SECRET-basic\"}}}}\n  - {{id: st-bearer, url: \"{cb}\", auth: {{type: bearer, token: \"tok-SECRET-static\"}}}}\n  - {{id: st-key, url: \"{cb}\", auth: {{type: api_key, value: \"App key-SECRET-api\"}}, signing: {{secrets: [\"{signing}\"]}}}}\n",
+    let cb = receiver.url("/");
+    let token_url = auth.url("/t");
+    let mut profiles = vec![
         oauth_profile(
             "o-form",
-            &receiver.url("/"),
-            &format!(
-                "      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-form\"\n",
-                auth.url("/t")
-            )
+            &cb,
+            OAuth2::new(&token_url, "c", "cs-SECRET-form"),
         ),
         oauth_profile(
             "o-basic",
-            &receiver.url("/"),
-            &format!(
-                "      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-basic\"\n      client_auth: basic_header\n",
-                auth.url("/t")
-            )
+            &cb,
+            OAuth2::new(&token_url, "c", "cs-SECRET-basic").client_auth("basic_header"),
         ),
         oauth_profile(
             "o-get",
-            &receiver.url("/"),
-            &format!(
-                "      method: GET\n      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-query\"\n",
-                auth.url("/t")
-            )
+            &cb,
+            OAuth2::new(&token_url, "c", "cs-SECRET-query").method("GET"),
         ),
         oauth_profile(
             "o-fail",
-            &receiver.url("/"),
-            &format!(
-                "      url: \"{}\"\n      client_id: c\n      client_secret: \"cs-SECRET-fail\"\n",
-                auth.url("/fail")
-            )
+            &cb,
+            OAuth2::new(&auth.url("/fail"), "c", "cs-SECRET-fail"),
         ),
-        cb = receiver.url("/")
-    );
+        Profile::new("st-basic", &cb).auth(Auth::Basic {
+            username: "u".into(),
+            password: "pw-SECRET-basic".into(),
+        }),
+        Profile::new("st-bearer", &cb).auth(Auth::Bearer {
+            token: "tok-SECRET-static".into(),
+        }),
+        Profile::new("st-key", &cb)
+            .auth(Auth::ApiKey {
+                header: None,
+                value: "App key-SECRET-api".into(),
+            })
+            .signing([signing]),
+    ];
     // Key material: a private_key_jwt key, a TLS client key, an ed25519 signing seed.
     let assertion_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let tls_key = rcgen::KeyPair::generate().unwrap();
@@ -531,21 +541,19 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
         .self_signed(&tls_key)
         .unwrap();
     let seed = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
-    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("        {l}\n")).collect() };
-    let profiles = format!(
-        "{profiles}{}  - id: st-tls\n    url: \"{cb}\"\n    signing: {{secrets: [\"whsk_{seed}\"]}}\n    tls:\n      client_cert: |\n{}      client_key: |\n{}",
-        oauth_profile(
-            "o-pkj",
-            &receiver.url("/"),
-            &format!(
-                "      url: \"{}\"\n      client_id: c\n      client_auth: private_key_jwt\n      private_key: |\n{}",
-                auth.url("/t"),
-                indent(&assertion_key.serialize_pem())
-            )
-        ),
-        indent(&tls_cert.pem()),
-        indent(&tls_key.serialize_pem()),
-        cb = receiver.url("/")
+    profiles.push(oauth_profile(
+        "o-pkj",
+        &cb,
+        OAuth2::private_key_jwt(&token_url, "c", &assertion_key.serialize_pem()),
+    ));
+    profiles.push(
+        Profile::new("st-tls", &cb)
+            .signing([format!("whsk_{seed}")])
+            .tls(Tls {
+                client_cert: Some(tls_cert.pem()),
+                client_key: Some(tls_key.serialize_pem()),
+                ca: None,
+            }),
     );
     let key_lines: Vec<String> = [assertion_key.serialize_pem(), tls_key.serialize_pem()]
         .iter()
@@ -556,9 +564,9 @@ async fn no_secret_or_token_reaches_the_logs_at_trace_level() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let yaml = env.yaml("  max_attempts: 1\n", &profiles);
-    env.config(&yaml);
-    let worker = Process::spawn(&yaml, "trace");
+    let file = env.file(Retry::attempts(1), profiles);
+    env.config(&file);
+    let worker = Process::spawn(&file, "trace");
     worker.wait_ready().await;
     for p in [
         "o-form",
@@ -629,18 +637,19 @@ async fn auth_server_down_then_slow_then_garbage_then_fine_everything_is_deliver
     let port = free_port(); // down: connection refused
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("authchaos");
-    let a = format!(
-        "      url: \"http://127.0.0.1:{port}/t\"\n      client_id: c\n      client_secret: s\n"
-    );
-    let yaml = env
-        .yaml(
+    let a = OAuth2::new(&format!("http://127.0.0.1:{port}/t"), "c", "s");
+    let mut file = env.file(
+        Retry {
             // Enough attempts to outlast the auth back-off (1 s doubling after each of the
             // five failures): attempts within it fail at once.
-            "  max_attempts: 200\n  initial_delay: 200ms\n  max_delay: 1s\n",
-            &oauth_profile("ch", &receiver.url("/"), &a),
-        )
-        .replace("timeout: 5s", "timeout: 500ms");
-    let worker = env.start(env.config(&yaml)).await;
+            max_attempts: Some(200),
+            ..Retry::backoff(ms(200), secs(1))
+        },
+        [oauth_profile("ch", &receiver.url("/"), a)],
+    );
+    // The auth server's slow answer (2 s) must time out.
+    file.delivery.timeout = Some(ms(500).into());
+    let worker = env.start(env.config(&file)).await;
     let n = 5;
     env.publish_many(n, |i| {
         (event_props(Some("ch"), &format!("ch-{i}")), b"{}".to_vec())

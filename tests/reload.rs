@@ -14,7 +14,7 @@ use common::*;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::json;
 
-const LIMIT: Duration = Duration::from_secs(30);
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// A config directory as the kubelet writes it: `dispatcher.yaml -> ..data/dispatcher.yaml`,
 /// `..data -> ..v<N>`, and an update swaps `..data` in one rename.
@@ -25,30 +25,36 @@ struct ConfigMap {
 }
 
 impl ConfigMap {
-    fn new(yaml: &str) -> ConfigMap {
-        let cm = ConfigMap {
+    /// Empty until the first [`ConfigMap::update`]; the worker will listen on `port`.
+    fn new() -> ConfigMap {
+        ConfigMap {
             dir: Arc::new(tempfile::tempdir().unwrap()),
             version: AtomicUsize::new(0),
             port: free_port(),
-        };
-        cm.update(yaml);
-        std::os::unix::fs::symlink("..data/dispatcher.yaml", cm.path()).unwrap();
-        cm
+        }
     }
 
     fn path(&self) -> PathBuf {
         self.dir.path().join("dispatcher.yaml")
     }
 
-    fn update(&self, yaml: &str) {
+    /// A new version of the file, as it is.
+    fn update(&self, file: &ConfigFile) {
+        self.update_text(&file.to_yaml());
+    }
+
+    fn update_text(&self, text: &str) {
         let v = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         let root = self.dir.path();
         let data = root.join(format!("..v{v}"));
         std::fs::create_dir(&data).unwrap();
-        std::fs::write(data.join("dispatcher.yaml"), with_listen(yaml, self.port)).unwrap();
+        std::fs::write(data.join("dispatcher.yaml"), text).unwrap();
         let tmp = root.join("..data_tmp");
         std::os::unix::fs::symlink(format!("..v{v}"), &tmp).unwrap();
         std::fs::rename(&tmp, root.join("..data")).unwrap();
+        if v == 1 {
+            std::os::unix::fs::symlink("..data/dispatcher.yaml", self.path()).unwrap();
+        }
     }
 
     fn spawn(&self) -> Process {
@@ -56,14 +62,9 @@ impl ConfigMap {
     }
 }
 
-fn oauth(id: &str, cb: &str, auth: &str, extra: &str) -> String {
-    format!(
-        "  - id: {id}\n    url: \"{cb}\"\n{extra}    auth: {{type: oauth2, url: \"{auth}\", client_id: c-{id}, client_secret: s}}\n"
-    )
-}
-
-fn plain(id: &str, cb: &str, extra: &str) -> String {
-    format!("  - id: {id}\n    url: \"{cb}\"\n{extra}")
+/// A profile whose requests carry `X-Version: version`.
+fn versioned(id: &str, cb: &str, version: &str) -> Profile {
+    Profile::new(id, cb).header("X-Version", version)
 }
 
 /// Publishes `stable` events one after another until stopped; returns their ids.
@@ -122,60 +123,57 @@ async fn reloads_while_events_flow_lose_delay_and_duplicate_nothing() {
     .await;
     let (cb, token) = (receiver.url("/cb"), auth.url("/token"));
     let env = Env::new("reload");
-    let retry_v1 = "  initial_delay: 500ms\n  max_delay: 1s\n  jitter: 0\n";
-    let retry_v3 = "  initial_delay: 700ms\n  max_delay: 1s\n  jitter: 0\n";
-    let version = |n: u32, retry: &str, profiles: String| {
-        env.yaml(retry, &profiles)
-            .replace("profiles:\n", &format!("profiles:\n  # version {n}\n"))
+    let cm = ConfigMap::new();
+    let retry = |initial: Duration| Retry {
+        jitter: Some(0.0),
+        ..Retry::backoff(initial, secs(1))
     };
-    let stable = oauth("stable", &cb, &token, "");
+    let version =
+        |retry: Retry, profiles: Vec<Profile>| env.file(retry, profiles).listening_on(cm.port);
+    let stable = Profile::new("stable", &cb).auth(OAuth2::new(&token, "c-stable", "s"));
     let v1 = version(
-        1,
-        retry_v1,
-        format!(
-            "{stable}{}{}",
-            plain("changing", &cb, "    headers: {X-Version: v1}\n"),
-            plain("removed", &cb, "")
-        ),
+        retry(ms(500)),
+        vec![
+            stable.clone(),
+            versioned("changing", &cb, "v1"),
+            Profile::new("removed", &cb),
+        ],
     );
     // v2 adds a profile and changes one; v3 removes one and changes the retry schedule;
     // v4 is invalid; v5 fixes it and also changes metrics.listen, which needs a restart.
     let v2 = version(
-        2,
-        retry_v1,
-        format!(
-            "{stable}{}{}{}",
-            plain("changing", &cb, "    headers: {X-Version: v2}\n"),
-            plain("removed", &cb, ""),
-            plain("added", &cb, "")
-        ),
+        retry(ms(500)),
+        vec![
+            stable.clone(),
+            versioned("changing", &cb, "v2"),
+            Profile::new("removed", &cb),
+            Profile::new("added", &cb),
+        ],
     );
     let v3 = version(
-        3,
-        retry_v3,
-        format!(
-            "{stable}{}{}",
-            plain("changing", &cb, "    headers: {X-Version: v3}\n"),
-            plain("added", &cb, "")
-        ),
+        retry(ms(700)),
+        vec![
+            stable.clone(),
+            versioned("changing", &cb, "v3"),
+            Profile::new("added", &cb),
+        ],
     );
-    let v4 = v3
-        .replace("X-Version: v3", "X-Version: v4")
-        .replace("initial_delay: 700ms", "initial_delay: soon");
-    let v5 = version(
-        5,
-        retry_v3,
-        format!(
-            "{stable}{}{}",
-            plain("changing", &cb, "    headers: {X-Version: v5}\n"),
-            plain("added", &cb, "")
-        ),
-    )
-    .replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:1");
-    for yaml in [&v1, &v2, &v3, &v5] {
-        env.config(yaml); // every delay queue any version declares, for clean-up
+    let mut v4 = v3.clone();
+    v4.profiles[1] = versioned("changing", &cb, "v4");
+    v4.retry.initial_delay = Some(Span::Text("soon".into()));
+    let mut v5 = version(
+        retry(ms(700)),
+        vec![
+            stable,
+            versioned("changing", &cb, "v5"),
+            Profile::new("added", &cb),
+        ],
+    );
+    v5.metrics.listen = Some("127.0.0.1:1".into());
+    for file in [&v1, &v2, &v3, &v5] {
+        env.config(file); // every delay queue any version declares, for clean-up
     }
-    let cm = ConfigMap::new(&v1);
+    cm.update(&v1);
     let worker = cm.spawn();
     worker.wait_ready().await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -334,8 +332,9 @@ async fn reloads_while_events_flow_lose_delay_and_duplicate_nothing() {
 #[test]
 fn the_config_map_layout_is_what_the_test_thinks() {
     // The test above relies on reading through both symlinks.
-    let cm = ConfigMap::new("a: 1\n");
-    cm.update("a: 2\n");
+    let cm = ConfigMap::new();
+    cm.update_text("a: 1\n");
+    cm.update_text("a: 2\n");
     assert_eq!(std::fs::read_to_string(cm.path()).unwrap(), "a: 2\n");
     assert!(Path::new(&cm.path()).is_symlink());
 }

@@ -38,7 +38,7 @@ impl Watched {
     /// The worker in process, watching `path` (which holds `text`).
     async fn start(env: &Env, path: &Path, text: &str) -> Watched {
         std::fs::write(path, text).unwrap();
-        let worker = callback_dispatcher::Worker::bind(env.config(text))
+        let worker = callback_dispatcher::Worker::bind(env.config_text(text))
             .await
             .unwrap()
             .watch(path.to_path_buf());
@@ -206,7 +206,7 @@ async fn a_reload_whose_broker_hangs_is_bounded_and_never_delays_shutdown() {
     // The broker stops answering new connections; a reload that adds delay queues needs one.
     relay.freeze.store(true, Ordering::SeqCst);
     let changed = config(&env, &url, "7s", 1, &cb);
-    env.config(&changed); // its delay queues are cleaned up if they ever appear
+    env.config_text(&changed); // its delay queues are cleaned up if they ever appear
     std::fs::write(&path, &changed).unwrap();
     wait_until(Duration::from_secs(15), "the reload's connect", || async {
         relay.frozen.load(Ordering::SeqCst) >= 1
@@ -227,7 +227,7 @@ async fn a_reload_whose_broker_hangs_is_bounded_and_never_delays_shutdown() {
 
     // Another reload hangs; shutdown comes in the middle of it.
     let again = config(&env, &url, "9s", 1, &cb);
-    env.config(&again);
+    env.config_text(&again);
     std::fs::write(&path, &again).unwrap();
     wait_until(
         Duration::from_secs(15),

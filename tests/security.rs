@@ -15,8 +15,7 @@ use common::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
 
-const LIMIT: Duration = Duration::from_secs(30);
-const RETRY_ONCE: &str = "  max_attempts: 1\n";
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn now() -> u64 {
     SystemTime::now()
@@ -111,9 +110,9 @@ async fn assertion_server(
 }
 
 /// The errors (and their `Debug`) of a configuration that must not load.
-fn config_error(yaml: &str) -> String {
+fn config_error(file: &ConfigFile) -> String {
     let err = callback_dispatcher::config::Config::from_yaml(
-        yaml,
+        &file.to_yaml(),
         std::path::Path::new("t.yaml"),
         |_| None,
     )
@@ -121,14 +120,8 @@ fn config_error(yaml: &str) -> String {
     format!("{err} {err:?}")
 }
 
-fn oauth_profile(id: &str, callback: &str, auth: &str) -> String {
-    format!("  - id: {id}\n    url: \"{callback}\"\n    auth:\n      type: oauth2\n{auth}")
-}
-
-fn indent(pem: &str, spaces: usize) -> String {
-    pem.lines()
-        .map(|l| format!("{}{l}\n", " ".repeat(spaces)))
-        .collect()
+fn oauth_profile(id: &str, callback: &str, auth: OAuth2) -> Profile {
+    Profile::new(id, callback).auth(auth)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,22 +142,38 @@ async fn private_key_jwt_with_rs256_ps256_and_es256_assertions() {
     std::fs::write(&rsa_path, rsa.serialize_pem()).unwrap();
     let profiles = [
         // RSA key from a file, algorithm from the key type (RS256).
-        oauth_profile("rs", &receiver.url("/"), &format!(
-            "      url: \"{}\"\n      client_id: rs-client\n      client_auth: private_key_jwt\n      private_key: \"{}\"\n      key_id: k1\n",
-            rs.url("/token"), rsa_path.display())),
+        oauth_profile(
+            "rs",
+            &receiver.url("/"),
+            OAuth2 {
+                key_id: Some("k1".into()),
+                ..OAuth2::private_key_jwt(
+                    &rs.url("/token"),
+                    "rs-client",
+                    &rsa_path.display().to_string(),
+                )
+            },
+        ),
         // The same key as PEM text, PS256, a custom audience.
-        oauth_profile("ps", &receiver.url("/"), &format!(
-            "      url: \"{}\"\n      client_id: ps-client\n      client_auth: private_key_jwt\n      assertion_algorithm: PS256\n      audience: \"https://login.example/\"\n      private_key: |\n{}",
-            ps.url("/token"), indent(&rsa.serialize_pem(), 8))),
+        oauth_profile(
+            "ps",
+            &receiver.url("/"),
+            OAuth2 {
+                assertion_algorithm: Some("PS256".into()),
+                audience: Some("https://login.example/".into()),
+                ..OAuth2::private_key_jwt(&ps.url("/token"), "ps-client", &rsa.serialize_pem())
+            },
+        ),
         // An EC P-256 key: ES256.
-        oauth_profile("es", &receiver.url("/"), &format!(
-            "      url: \"{}\"\n      client_id: es-client\n      client_auth: private_key_jwt\n      private_key: |\n{}",
-            es.url("/token"), indent(&ec.serialize_pem(), 8))),
-    ]
-    .concat();
+        oauth_profile(
+            "es",
+            &receiver.url("/"),
+            OAuth2::private_key_jwt(&es.url("/token"), "es-client", &ec.serialize_pem()),
+        ),
+    ];
     let env = Env::new("pkjwt");
     let worker = env
-        .start(env.config(&env.yaml(RETRY_ONCE, &profiles)))
+        .start(env.config(&env.file(Retry::attempts(1), profiles)))
         .await;
     for p in ["rs", "ps", "es"] {
         env.publish(Some(p), &format!("{p}-1"), b"{}").await;
@@ -227,13 +236,12 @@ async fn a_fresh_assertion_for_every_token_request() {
     })
     .await;
     let env = Env::new("pkjwt2");
-    let a = format!(
-        "      url: \"{}\"\n      client_id: c\n      client_auth: private_key_jwt\n      private_key: |\n{}",
-        auth.url("/token"),
-        indent(&ec.serialize_pem(), 8)
-    );
+    let a = OAuth2::private_key_jwt(&auth.url("/token"), "c", &ec.serialize_pem());
     let worker = env
-        .start(env.config(&env.yaml(RETRY_ONCE, &oauth_profile("p", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(
+            Retry::attempts(1),
+            [oauth_profile("p", &receiver.url("/"), a)],
+        )))
         .await;
     env.publish(Some("p"), "p-1", b"{}").await;
     worker.wait_delivered("p", 1).await;
@@ -272,11 +280,12 @@ fn a_private_key_that_cannot_sign_is_a_config_error_that_never_shows_it() {
         ),
         (ec.public_key_pem(), "ES256", "is not a PEM private key"),
     ] {
-        let yaml = format!(
-            "profiles:\n  - id: a\n    url: https://hooks.example/\n    auth:\n      type: oauth2\n      url: https://login.example/token\n      client_id: c\n      client_auth: private_key_jwt\n      assertion_algorithm: {algorithm}\n      private_key: |\n{}",
-            indent(&key, 8)
-        );
-        let shown = config_error(&yaml);
+        let file =
+            ConfigFile::with_profiles([Profile::new("a", "https://hooks.example/").auth(OAuth2 {
+                assertion_algorithm: Some(algorithm.into()),
+                ..OAuth2::private_key_jwt("https://login.example/token", "c", &key)
+            })]);
+        let shown = config_error(&file);
         assert!(shown.contains("profiles[0].auth.private_key"), "{shown}");
         assert!(shown.contains(want), "{shown}");
         assert!(
@@ -357,32 +366,28 @@ async fn mutual_tls_to_the_callback_and_the_auth_server() {
     let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
     std::fs::write(&cert, &pki.client.0).unwrap();
     std::fs::write(&key, &pki.client.1).unwrap();
-    let tls_block = |with_client: bool| {
-        let client = if with_client {
-            format!(
-                "      client_cert: \"{}\"\n      client_key: \"{}\"\n",
-                cert.display(),
-                key.display()
-            )
-        } else {
-            String::new()
-        };
-        format!("    tls:\n{client}      ca: |\n{}", indent(&pki.ca_pem, 8))
+    // Client certificate and key as paths, the CA as PEM text.
+    let with_client = Tls {
+        client_cert: Some(cert.display().to_string()),
+        client_key: Some(key.display().to_string()),
+        ca: Some(pki.ca_pem.clone()),
     };
-    let a = format!(
-        "      url: \"{}\"\n      client_id: c\n      client_secret: s\n",
-        auth.url("/token")
-    );
-    let profiles = format!(
-        "{}{}  - id: nocert\n    url: \"{}\"\n{}",
-        oauth_profile("mtls", &receiver.url("/hook"), &a),
-        tls_block(true),
-        receiver.url("/hook"),
-        tls_block(false)
-    );
+    let without_client = Tls {
+        ca: Some(pki.ca_pem.clone()),
+        ..Tls::default()
+    };
+    let profiles = [
+        oauth_profile(
+            "mtls",
+            &receiver.url("/hook"),
+            OAuth2::new(&auth.url("/token"), "c", "s"),
+        )
+        .tls(with_client),
+        Profile::new("nocert", &receiver.url("/hook")).tls(without_client),
+    ];
     let env = Env::new("mtls");
     let worker = env
-        .start(env.config(&env.yaml(RETRY_ONCE, &profiles)))
+        .start(env.config(&env.file(Retry::attempts(1), profiles)))
         .await;
     env.publish(Some("mtls"), "mtls-1", b"{}").await;
     env.publish(Some("nocert"), "nocert-1", b"{}").await;
@@ -444,12 +449,13 @@ fn bad_tls_material_is_a_config_error_with_the_key_path_only() {
             "do not make a TLS client",
         ),
     ] {
-        let yaml = format!(
-            "profiles:\n  - id: a\n    url: https://hooks.example/\n    tls:\n      client_cert: |\n{}      client_key: |\n{}",
-            indent(&cert, 8),
-            indent(&key, 8)
-        );
-        let shown = config_error(&yaml);
+        let file =
+            ConfigFile::with_profiles([Profile::new("a", "https://hooks.example/").tls(Tls {
+                client_cert: Some(cert),
+                client_key: Some(key),
+                ca: None,
+            })]);
+        let shown = config_error(&file);
         assert!(shown.contains(want_path) && shown.contains(want), "{shown}");
         assert!(
             !shown.contains(&marker),
@@ -463,10 +469,10 @@ async fn a_host_name_resolving_to_loopback_is_refused_until_allowed() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("guard");
     let url = format!("http://localhost:{}/", receiver.addr.port());
-    let blocked_yaml = env
-        .yaml(RETRY_ONCE, &format!("  - id: g\n    url: \"{url}\"\n"))
-        .replace("  allow_networks: [127.0.0.0/8, \"::1/128\"]\n", "");
-    let worker = env.start(env.config(&blocked_yaml)).await;
+    let allowed = env.file(Retry::attempts(1), [Profile::new("g", &url)]);
+    let mut blocked = allowed.clone();
+    blocked.delivery.allow_networks = None; // the default: nothing private allowed
+    let worker = env.start(env.config(&blocked)).await;
     env.publish(Some("g"), "g-1", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
     assert_eq!(
@@ -482,7 +488,6 @@ async fn a_host_name_resolving_to_loopback_is_refused_until_allowed() {
     assert_eq!(receiver.count(), 0, "nothing reached the receiver");
     worker.stop().await.unwrap();
 
-    let allowed = env.yaml(RETRY_ONCE, &format!("  - id: g\n    url: \"{url}\"\n"));
     let worker = env.start(env.config(&allowed)).await;
     env.publish(Some("g"), "g-2", b"{}").await;
     worker.wait_delivered("g", 1).await;
@@ -495,17 +500,16 @@ async fn a_blocked_auth_url_is_an_auth_failure_that_says_why() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("guardauth");
     // Only 127.0.0.1 is allowed: the auth URL's 127.0.0.2 stays blocked.
-    let yaml = env
-        .yaml(
-            RETRY_ONCE,
-            &oauth_profile(
-                "a",
-                &receiver.url("/"),
-                "      url: \"http://127.0.0.2:9/token\"\n      client_id: c\n      client_secret: s\n",
-            ),
-        )
-        .replace("allow_networks: [127.0.0.0/8, \"::1/128\"]", "allow_networks: [127.0.0.1/32]");
-    let worker = env.start(env.config(&yaml)).await;
+    let mut file = env.file(
+        Retry::attempts(1),
+        [oauth_profile(
+            "a",
+            &receiver.url("/"),
+            OAuth2::new("http://127.0.0.2:9/token", "c", "s"),
+        )],
+    );
+    file.delivery.allow_networks = Some(vec!["127.0.0.1/32".into()]);
+    let worker = env.start(env.config(&file)).await;
     env.publish(Some("a"), "a-1", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
     let error = header_text(&dead[0], "x-last-error").unwrap();
@@ -525,21 +529,18 @@ async fn v1_and_v1a_signatures_side_by_side_verify_independently() {
     let hmac = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("ed25519");
-    let yaml = env.yaml(
-        RETRY_ONCE,
-        &format!(
-            "  - id: ed\n    url: \"{}\"\n    signing:\n      secrets: [\"{hmac}\", \"{whsk}\"]\n",
-            receiver.url("/")
-        ),
+    let file = env.file(
+        Retry::attempts(1),
+        [Profile::new("ed", &receiver.url("/")).signing([hmac, whsk.as_str()])],
     );
-    let worker = env.start(env.config(&yaml)).await;
+    let worker = env.start(env.config(&file)).await;
     env.publish(Some("ed"), "ed-1", br#"{"a":1}"#).await;
     let r = &receiver.wait_for(1, LIMIT).await[0];
     assert!(verify_signature(hmac, r), "v1 verifies");
     // The public key as the customer gets it: `signing-key --profile ed`.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    std::fs::write(&path, &yaml).unwrap();
+    std::fs::write(&path, file.to_yaml()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_callback-dispatcher"))
         .args(["signing-key", "--profile", "ed", "--config"])
         .arg(&path)
@@ -630,11 +631,14 @@ async fn basic_credentials_with_spaces_are_accepted_by_authlib() {
     assert_eq!(refused.status(), 401);
     let receiver = Server::start(|_, _| Reply::status(204)).await;
     let env = Env::new("authlib");
-    let a = format!(
-        "      url: \"{token_url}\"\n      client_id: \"{id}\"\n      client_secret: \"{secret}\"\n      client_auth: basic_header\n      scope: voice.webrtc\n"
-    );
+    let a = OAuth2::new(&token_url, id, secret)
+        .client_auth("basic_header")
+        .scope("voice.webrtc");
     let worker = env
-        .start(env.config(&env.yaml(RETRY_ONCE, &oauth_profile("bw", &receiver.url("/"), &a))))
+        .start(env.config(&env.file(
+            Retry::attempts(1),
+            [oauth_profile("bw", &receiver.url("/"), a)],
+        )))
         .await;
     env.publish(Some("bw"), "bw-1", b"{}").await;
     worker.wait_delivered("bw", 1).await;

@@ -117,7 +117,7 @@ async fn refused_settlements_back_off_and_the_callback_is_never_resent_in_a_loop
         ],
     });
     let config_text = serde_json::to_string(&config).unwrap();
-    env.config(&config_text); // its queues are deleted when the test ends
+    env.config_text(&config_text); // its queues are deleted when the test ends
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let path = dir.path().join("dispatcher.yaml");
     std::fs::write(&path, &config_text).unwrap();

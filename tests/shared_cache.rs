@@ -12,23 +12,29 @@ use serde_json::json;
 const LIMIT: Duration = Duration::from_secs(60);
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
 
-fn yaml(env: &Env, redis: &RedisServer, auth: &Server, receiver: &Server, secret: &str) -> String {
-    env.yaml(
-        "  initial_delay: 200ms\n  max_delay: 1s\n",
-        &format!(
-            "  - id: shared\n    url: \"{}\"\n    auth: {{type: oauth2, url: \"{}\", client_id: c, client_secret: \"{secret}\"}}\n",
-            receiver.url("/"),
-            auth.url("/token")
-        ),
-    )
-    .replace(
-        "profiles:\n",
-        &format!(
-            "token_cache:\n  redis: \"{}\"\n  key_prefix: cdtest-{}\n  encryption_key: \"{KEY}\"\nprofiles:\n",
-            redis.url(),
-            env.queue
-        ),
-    )
+/// One profile with OAuth 2.0 (`secret` tells its auth settings apart), tokens shared
+/// through `redis` under this test's own key prefix.
+fn file(
+    env: &Env,
+    redis: &RedisServer,
+    auth: &Server,
+    receiver: &Server,
+    secret: &str,
+) -> ConfigFile {
+    let mut file = env.file(
+        Retry::backoff(ms(200), secs(1)),
+        [Profile::new("shared", &receiver.url("/")).auth(OAuth2::new(
+            &auth.url("/token"),
+            "c",
+            secret,
+        ))],
+    );
+    file.token_cache = Some(TokenCache {
+        redis: Some(redis.url()),
+        key_prefix: Some(format!("cdtest-{}", env.queue)),
+        encryption_key: Some(KEY.into()),
+    });
+    file
 }
 
 fn delivered_ids(receiver: &Server) -> HashSet<String> {
@@ -52,7 +58,7 @@ async fn four_replicas_make_one_token_request_and_store_it_encrypted() {
     .await;
     let receiver = Server::start(|_, _| Reply::status(204)).await;
     let env = Env::new("shared4");
-    let config = yaml(&env, &redis, &auth, &receiver, "s1");
+    let config = file(&env, &redis, &auth, &receiver, "s1");
     env.config(&config);
     let n = 1000;
     env.publish_many(n, |i| {
@@ -120,7 +126,7 @@ async fn four_replicas_make_one_token_request_and_store_it_encrypted() {
 
     // A replica whose profile has other auth settings never reads that token.
     drop(workers);
-    let changed = Process::spawn(&yaml(&env, &redis, &auth, &receiver, "s2"), "info");
+    let changed = Process::spawn(&file(&env, &redis, &auth, &receiver, "s2"), "info");
     changed.wait_ready().await;
     env.publish(Some("shared"), "s-changed", b"{}").await;
     wait_until(LIMIT, "delivered", || async {
@@ -158,7 +164,7 @@ async fn the_others_get_a_token_when_the_lock_holder_dies_mid_fetch() {
     .await;
     let receiver = Server::start(|_, _| Reply::status(204)).await;
     let env = Env::new("shareddie");
-    let config = yaml(&env, &redis, &auth, &receiver, "s");
+    let config = file(&env, &redis, &auth, &receiver, "s");
     env.config(&config);
     let n = 20;
     env.publish_many(n, |i| {
@@ -202,7 +208,7 @@ async fn redis_stopped_mid_run_loses_nothing() {
     .await;
     let receiver = Server::start(|_, _| Reply::status(204)).await;
     let env = Env::new("shareddown");
-    let config = yaml(&env, &redis, &auth, &receiver, "s");
+    let config = file(&env, &redis, &auth, &receiver, "s");
     env.config(&config);
     let workers: Vec<Process> = (0..2).map(|_| Process::spawn(&config, "info")).collect();
     for w in &workers {
@@ -277,7 +283,7 @@ async fn a_401_drops_the_shared_token_only_while_it_is_still_the_rejected_one() 
     })
     .await;
     let env = Env::new("shared401");
-    let config = yaml(&env, &redis, &auth, &receiver, "s");
+    let config = file(&env, &redis, &auth, &receiver, "s");
     env.config(&config);
     let workers: Vec<Process> = (0..2).map(|_| Process::spawn(&config, "info")).collect();
     for w in &workers {

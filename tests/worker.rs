@@ -8,27 +8,27 @@ use common::*;
 use lapin::types::AMQPValue;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const FAST_RETRY: &str =
-    "  max_attempts: 3\n  initial_delay: 100ms\n  multiplier: 2\n  max_delay: 1s\n  jitter: 0\n";
-const LIMIT: Duration = Duration::from_secs(20);
+const LIMIT: Duration = Duration::from_secs(60);
 
-fn profile(id: &str, url: &str, extra: &str) -> String {
-    format!("  - id: {id}\n    url: \"{url}\"\n{extra}")
+/// Three attempts, 100 ms then 200 ms apart.
+fn fast_retry() -> Retry {
+    Retry {
+        max_attempts: Some(3),
+        multiplier: Some(2.0),
+        jitter: Some(0.0),
+        ..Retry::backoff(ms(100), secs(1))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_delivery_verifies_with_an_independent_check() {
     let receiver = Server::start(|_, _| Reply::status(204)).await;
     let env = Env::new("signed");
-    let extra = format!(
-        "    headers: {{ X-Env: prod, Content-Type: text/plain }}\n    signing:\n      secrets: [\"{SECRET}\", \"whsec_c2Vjb25kLWtleQ==\"]\n"
-    );
-    let worker = env
-        .start(env.config(&env.yaml(
-            FAST_RETRY,
-            &profile("acme", &receiver.url("/hooks"), &extra),
-        )))
-        .await;
+    let acme = Profile::new("acme", &receiver.url("/hooks"))
+        .header("X-Env", "prod")
+        .header("Content-Type", "text/plain")
+        .signing([SECRET, "whsec_c2Vjb25kLWtleQ=="]);
+    let worker = env.start(env.config(&env.file(fast_retry(), [acme]))).await;
 
     let body = br#"{"event":"message.delivered","id":42}"#;
     env.publish(Some("acme"), "evt-signed-1", body).await;
@@ -80,9 +80,9 @@ async fn bodies_arrive_byte_for_byte_with_their_content_type() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("bytes");
     let worker = env
-        .start(env.config(&env.yaml(
-            FAST_RETRY,
-            &profile("bin", &receiver.url("/b"), "    method: PUT\n"),
+        .start(env.config(&env.file(
+            fast_retry(),
+            [Profile::new("bin", &receiver.url("/b")).method("PUT")],
         )))
         .await;
     let bodies: Vec<Vec<u8>> = vec![
@@ -118,9 +118,9 @@ async fn get_sends_top_level_scalars_as_query_and_no_body() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("get");
     let worker = env
-        .start(env.config(&env.yaml(
-            FAST_RETRY,
-            &profile("g", &receiver.url("/status"), "    method: GET\n"),
+        .start(env.config(&env.file(
+            fast_retry(),
+            [Profile::new("g", &receiver.url("/status")).method("GET")],
         )))
         .await;
     env.publish(
@@ -140,16 +140,16 @@ async fn get_sends_top_level_scalars_as_query_and_no_body() {
 async fn two_503s_then_204_is_delivered_on_the_third_attempt_with_the_same_id() {
     let receiver = Server::start(|n, _| Reply::status(if n < 2 { 503 } else { 204 })).await;
     let env = Env::new("retry");
-    let retry =
-        "  max_attempts: 5\n  initial_delay: 1s\n  multiplier: 2\n  max_delay: 10s\n  jitter: 0\n";
+    let retry = Retry {
+        max_attempts: Some(5),
+        multiplier: Some(2.0),
+        jitter: Some(0.0),
+        ..Retry::backoff(secs(1), secs(10))
+    };
     let worker = env
-        .start(env.config(&env.yaml(
+        .start(env.config(&env.file(
             retry,
-            &profile(
-                "r",
-                &receiver.url("/r"),
-                &format!("    signing: {{secrets: [\"{SECRET}\"]}}\n"),
-            ),
+            [Profile::new("r", &receiver.url("/r")).signing([SECRET])],
         )))
         .await;
     env.publish(Some("r"), "evt-retry", b"{}").await;
@@ -198,9 +198,12 @@ async fn retry_after_longer_than_the_back_off_is_respected() {
     .await;
     let env = Env::new("retryafter");
     let worker = env
-        .start(env.config(&env.yaml(
-            "  initial_delay: 100ms\n  max_delay: 1m\n  jitter: 0\n",
-            &profile("ra", &receiver.url("/"), ""),
+        .start(env.config(&env.file(
+            Retry {
+                jitter: Some(0.0),
+                ..Retry::backoff(ms(100), secs(60))
+            },
+            [Profile::new("ra", &receiver.url("/"))],
         )))
         .await;
     env.publish(Some("ra"), "evt-ra", b"{}").await;
@@ -219,7 +222,7 @@ async fn a_400_is_dead_lettered_with_reason_status_and_the_body_unchanged() {
         Server::start(|_, _| Reply::json(400, serde_json::json!({"error": "bad number"}))).await;
     let env = Env::new("perm");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &profile("p", &receiver.url("/"), ""))))
+        .start(env.config(&env.file(fast_retry(), [Profile::new("p", &receiver.url("/"))])))
         .await;
     // A publisher's per-message TTL must not follow the event into the dead-letter queue.
     let props = event_props(Some("p"), "evt-400").with_expiration("600000".into());
@@ -258,7 +261,11 @@ async fn always_500_is_dead_lettered_after_max_attempts() {
     let receiver = Server::start(|_, _| Reply::status(500)).await;
     let env = Env::new("maxatt");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &profile("m", &receiver.url("/"), ""))))
+        .start(env.config(&env.file(
+            fast_retry(),
+            // Not about the breaker: it stays out of the way of three failures.
+            [Profile::new("m", &receiver.url("/")).breaker(Breaker::off())],
+        )))
         .await;
     env.publish(Some("m"), "evt-500", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
@@ -277,7 +284,7 @@ async fn a_retry_keeps_an_assigned_id_when_the_publisher_sent_none() {
     let receiver = Server::start(|n, _| Reply::status(if n == 0 { 502 } else { 200 })).await;
     let env = Env::new("noid");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &profile("n", &receiver.url("/"), ""))))
+        .start(env.config(&env.file(fast_retry(), [Profile::new("n", &receiver.url("/"))])))
         .await;
     let props = event_props(Some("n"), "x").with_message_id("".into());
     env.publish_many(1, move |_| (props.clone(), b"{}".to_vec()))
@@ -296,14 +303,9 @@ async fn a_retry_keeps_an_assigned_id_when_the_publisher_sent_none() {
 async fn bad_events_are_dead_lettered_with_their_reason_and_good_ones_still_flow() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("bad");
-    let yaml = env
-        .yaml(FAST_RETRY, &profile("good", &receiver.url("/"), ""))
-        .replace("max_body_bytes: 1048576", "");
-    let yaml = yaml.replace(
-        "  connect_timeout: 1s\n",
-        "  connect_timeout: 1s\n  max_body_bytes: 1000\n",
-    );
-    let worker = env.start(env.config(&yaml)).await;
+    let mut file = env.file(fast_retry(), [Profile::new("good", &receiver.url("/"))]);
+    file.delivery.max_body_bytes = Some(1000);
+    let worker = env.start(env.config(&file)).await;
     env.publish(Some("nobody"), "bad-unknown", b"{}").await;
     env.publish(None, "bad-missing", b"{}").await;
     let mut props = event_props(None, "bad-int");
@@ -371,7 +373,7 @@ async fn redirects_are_never_followed() {
     let receiver = Server::start(move |_, _| Reply::status(302).header("location", &target)).await;
     let env = Env::new("redirect");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &profile("r", &receiver.url("/"), ""))))
+        .start(env.config(&env.file(fast_retry(), [Profile::new("r", &receiver.url("/"))])))
         .await;
     env.publish(Some("r"), "evt-302", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
@@ -387,7 +389,7 @@ async fn redirects_are_never_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_queue_is_a_clear_start_error() {
     let env = Env::new("conflict");
-    let config = env.config(&env.yaml(FAST_RETRY, &profile("c", "http://127.0.0.1:9/", "")));
+    let config = env.config(&env.file(fast_retry(), [Profile::new("c", "http://127.0.0.1:9/")]));
     // Someone declared the work queue as a classic queue before us.
     let conn = env.connect().await;
     let ch = conn.create_channel().await.unwrap();
@@ -431,7 +433,7 @@ async fn a_huge_error_response_is_not_read_beyond_a_small_cap() {
     .await;
     let env = Env::new("hugebody");
     let worker = env
-        .start(env.config(&env.yaml("  max_attempts: 1\n", &profile("h", &receiver.url("/"), ""))))
+        .start(env.config(&env.file(Retry::attempts(1), [Profile::new("h", &receiver.url("/"))])))
         .await;
     env.publish(Some("h"), "evt-huge", b"{}").await;
     let dead = env.wait_dead(1, LIMIT).await;
@@ -461,7 +463,7 @@ async fn absurd_attempt_headers_are_clamped_not_trusted_or_fatal() {
     .await;
     let env = Env::new("attempts");
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &profile("a", &receiver.url("/"), ""))))
+        .start(env.config(&env.file(fast_retry(), [Profile::new("a", &receiver.url("/"))])))
         .await;
     for (id, value) in [
         ("att-neg", AMQPValue::LongInt(-5)),
@@ -507,11 +509,10 @@ async fn absurd_attempt_headers_are_clamped_not_trusted_or_fatal() {
 async fn ten_thousand_profiles_start_and_route() {
     let receiver = Server::start(|_, _| Reply::status(200)).await;
     let env = Env::new("manyprofiles");
-    let profiles: String = (0..10_000)
-        .map(|i| profile(&format!("p{i}"), &receiver.url(&format!("/p{i}")), ""))
-        .collect();
+    let profiles =
+        (0..10_000).map(|i| Profile::new(&format!("p{i}"), &receiver.url(&format!("/p{i}"))));
     let worker = env
-        .start(env.config(&env.yaml(FAST_RETRY, &profiles)))
+        .start(env.config(&env.file(fast_retry(), profiles)))
         .await;
     for id in ["p0", "p5000", "p9999"] {
         env.publish(Some(id), &format!("evt-{id}"), b"{}").await;

@@ -17,6 +17,10 @@
 //!   and how long the profile has gone without finishing any while attempts were out: a
 //!   newly hanging endpoint is recognised within a fraction of a second, before any of its
 //!   attempts has timed out.
+//! - A profile that has to defer an event although it is within its fair share cannot use
+//!   more of the window, so for a second it does not count when the window is divided (see
+//!   [`super::window`]): a hanging profile's unused share goes to the others instead of making
+//!   a busy healthy profile churn through delay queues.
 //! - Each component (semaphore, bucket, breaker, statistics) sits behind its own `Arc`, so a
 //!   reload keeps whichever ones' settings did not change.
 //! - With `cluster.redis` (SPEC section 13, [`crate::cluster`]): the slots are fitted to this
@@ -26,17 +30,18 @@
 //!   `open_for` is over the deployment decides who probes; each attempt's result that matters
 //!   to the shared breaker is reported in the background ([`Gate::share_result`]).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admit, Breaker, BreakerState, Change, Health};
 use super::endpoint::{By, announce};
 use super::slots::{Slot, Slots};
-use super::window::{Window, micros};
+use super::window::{RECENT, Window, micros};
 use crate::cluster::{Cluster, RateAnswer};
 use crate::config::{BreakerSettings, RateLimit};
 use crate::decide::DeferReason;
@@ -66,6 +71,10 @@ pub struct Stats {
     average_us: AtomicU64,
     /// When an attempt last finished, or the first one started after none were out.
     progress_at_us: AtomicU64,
+    /// Counted in [`Window`]'s `saturated`: it deferred an event within its share, last at
+    /// `saturated_at_us`.
+    saturated: AtomicBool,
+    saturated_at_us: AtomicU64,
 }
 
 impl Stats {
@@ -187,6 +196,9 @@ impl Drop for Hold {
     fn drop(&mut self) {
         if self.stats.in_hand.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.window.active.fetch_sub(1, Ordering::AcqRel);
+            if self.stats.saturated.swap(false, Ordering::AcqRel) {
+                self.window.saturated.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -464,6 +476,28 @@ impl Gate {
         self.left(window, tokio::time::Instant::now())
     }
 
+    /// An event is deferred: if its profile is within its share, it cannot use more of the
+    /// window and stops counting for the fair share (until [`Gate::counts_again`]).
+    fn saturate(&self, window: &Window) {
+        if self.stats.in_hand.load(Ordering::Relaxed) <= window.share() {
+            self.stats
+                .saturated_at_us
+                .store(micros(Instant::now()), Ordering::Relaxed);
+            if !self.stats.saturated.swap(true, Ordering::AcqRel) {
+                window.saturated.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// An attempt goes ahead: a profile that has deferred nothing within its share for a
+    /// second counts for the fair share again (as it does once it holds no events).
+    fn counts_again(&self, window: &Window, now: Instant) {
+        let since = micros(now).saturating_sub(self.stats.saturated_at_us.load(Ordering::Relaxed));
+        if since > RECENT.as_micros() as u64 && self.stats.saturated.swap(false, Ordering::AcqRel) {
+            window.saturated.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Wait (within the rules above) for leave to attempt, or say why not.
     pub async fn admit(
         &self,
@@ -472,9 +506,12 @@ impl Gate {
     ) -> Result<Pass, Refusal> {
         let since = tokio::time::Instant::now();
         let may_wait = |wait: Duration| wait < self.left(window, since);
-        let defer = |reason, wait: Duration| Refusal::Defer {
-            reason,
-            wait: wait.max(MAX_WAIT),
+        let defer = |reason, wait: Duration| {
+            self.saturate(window);
+            Refusal::Defer {
+                reason,
+                wait: wait.max(MAX_WAIT),
+            }
         };
         let sleep = |wait: Duration| async move {
             tokio::select! {
@@ -492,6 +529,12 @@ impl Gate {
                 let acquire = self.slots.clone().acquire();
                 tokio::pin!(acquire); // keeps this event's place in line across rechecks
                 loop {
+                    // A slot handed over while this event was not looking is its own: an
+                    // event is never deferred once it has one (on a starved machine the
+                    // handover and the event's next look can be far apart).
+                    if let Some(slot) = (&mut acquire).now_or_never() {
+                        break slot;
+                    }
                     let ahead = self.stats.waiting.load(Ordering::Relaxed).saturating_sub(1);
                     let typical = self.stats.typical(Instant::now());
                     let wait = expected_wait(typical, ahead, self.slots());
@@ -593,6 +636,7 @@ impl Gate {
 
         probe_guard.0 = None; // it is the attempt's now: `Pass` hands it back
         let now = Instant::now();
+        self.counts_again(window, now);
         if self.stats.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             self.stats
                 .progress_at_us

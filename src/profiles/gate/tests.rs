@@ -85,6 +85,50 @@ async fn over_its_share_an_event_is_deferred_instead_of_waiting() {
 }
 
 #[tokio::test]
+async fn a_profile_deferring_within_its_share_leaves_the_window_to_the_others() {
+    let g = gate(100, Some("1/m"), 0);
+    let (a, b) = (gate(1, None, 0), gate(1, None, 0));
+    let window = Arc::new(Window::new(6));
+    let stop = CancellationToken::new();
+    let (_a, _b) = (a.hold(&window), b.hold(&window));
+    let held = g.hold(&window);
+    assert_eq!(window.share(), 2, "three profiles with events in hand");
+    let first = g.admit(&window, &stop).await.unwrap();
+    let second = g.hold(&window);
+    assert!(matches!(
+        g.admit(&window, &stop).await.err(),
+        Some(Refusal::Defer {
+            reason: DeferReason::RateLimit,
+            ..
+        })
+    ));
+    assert_eq!(
+        window.share(),
+        3,
+        "it could not use more of the window: the other two split it"
+    );
+    drop((first, second, held));
+    let _back = g.hold(&window);
+    assert_eq!(
+        window.share(),
+        2,
+        "once it held nothing it is forgotten; back, it counts again"
+    );
+}
+
+#[tokio::test]
+async fn over_its_share_a_deferral_leaves_the_share_as_it_is() {
+    let g = gate(1, None, 0);
+    let other = gate(1, None, 0);
+    let window = Arc::new(Window::new(2));
+    let stop = CancellationToken::new();
+    let (_a, _b, _c) = (g.hold(&window), g.hold(&window), other.hold(&window));
+    let _slot = g.admit(&window, &stop).await.unwrap();
+    assert!(g.admit(&window, &stop).await.is_err(), "over its share");
+    assert_eq!(window.share(), 1, "still two profiles sharing the window");
+}
+
+#[tokio::test]
 async fn an_open_breaker_defers_and_shutdown_releases_waiters() {
     let g = gate(1, None, 1);
     let window = Arc::new(Window::new(10));
