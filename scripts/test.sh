@@ -6,4 +6,4 @@ bash scripts/ensure-rabbitmq.sh
 bash scripts/ensure-test-tools.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast

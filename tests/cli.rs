@@ -251,6 +251,8 @@ async fn metrics_expose_exactly_the_spec_families_and_health_endpoints() {
         vec![
             "callback_dispatcher_amqp_connected gauge",
             "callback_dispatcher_circuit_open gauge",
+            "callback_dispatcher_cluster_errors_total counter",
+            "callback_dispatcher_cluster_replicas gauge",
             "callback_dispatcher_config_reloads_total counter",
             "callback_dispatcher_deferrals_total counter",
             "callback_dispatcher_deliveries_total counter",

@@ -630,6 +630,11 @@ async fn with_redis_away_replicas_go_on_alone_and_share_again_when_it_is_back() 
     assert_eq!(ids.len(), 210, "nothing lost");
     assert!(env.dead_letters().await.is_empty());
     for w in &workers {
+        // Log lines reach stderr through a batching writer: wait for them, then count.
+        wait_until(LIMIT, "both outages logged", || async {
+            w.logs().matches("reachable again").count() >= 2
+        })
+        .await;
         let logs = w.logs();
         assert!(
             !logs.contains(STORE_PASSWORD),
