@@ -630,9 +630,13 @@ async fn with_redis_away_replicas_go_on_alone_and_share_again_when_it_is_back() 
     assert_eq!(ids.len(), 210, "nothing lost");
     assert!(env.dead_letters().await.is_empty());
     for w in &workers {
-        // Log lines reach stderr through a batching writer: wait for them, then count.
-        wait_until(LIMIT, "both outages logged", || async {
-            w.logs().matches("reachable again").count() >= 2
+        // Log lines reach stderr through a batching writer: wait until every outage this
+        // replica warned about is also logged as over. A replica warns once per outage it
+        // notices (a quick restart between two heartbeats may go unnoticed by one of them).
+        wait_until(LIMIT, "each warned outage logged as over", || async {
+            let logs = w.logs();
+            logs.matches("cluster store (Redis) unavailable").count()
+                == logs.matches("reachable again").count()
         })
         .await;
         let logs = w.logs();
@@ -641,8 +645,10 @@ async fn with_redis_away_replicas_go_on_alone_and_share_again_when_it_is_back() 
             "the password is never logged"
         );
         let warnings = logs.matches("cluster store (Redis) unavailable").count();
-        assert_eq!(warnings, 2, "one warning per outage:\n{logs}");
-        assert_eq!(logs.matches("reachable again").count(), 2, "{logs}");
+        assert!(
+            (1..=2).contains(&warnings),
+            "one warning per outage, never one per failed call:\n{logs}"
+        );
     }
     println!(
         "redis killed and restarted: shared again {} ms after the kill",
