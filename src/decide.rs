@@ -188,6 +188,8 @@ pub enum Settlement {
     Retry {
         plan: RetryPlan,
         attempts: u32,
+        /// The failed attempt's HTTP status, if it had one.
+        status: Option<u16>,
         error: String,
     },
     /// Republish to a delay queue with `x-deferrals = deferrals` and `x-attempt` unchanged,
@@ -303,6 +305,7 @@ pub fn decide(
                         Settlement::Retry {
                             plan: policy.plan(attempts, retry_after, unit, declared),
                             attempts,
+                            status,
                             error,
                         }
                     }

@@ -27,6 +27,7 @@ use crate::event::{self, Event};
 use crate::metrics::{Metrics, NO_PROFILE};
 use crate::profiles::gate::{MAX_WAIT, Refusal};
 use crate::profiles::{Endpoint, Registry, Snapshot, Window};
+use crate::receipts::Receipt;
 use crate::send;
 use crate::settle::{SettleBackoff, SettleError, Settler};
 
@@ -101,7 +102,22 @@ impl Dispatcher {
                 rand::random::<f64>(),
             );
             let event = read.as_ref().ok();
-            match settler.apply(&delivery, &body, event, &settlement).await {
+            let receipt = settler.receipts.and_then(|_| {
+                let id = event.map(|e| e.id.as_str()).or_else(|| {
+                    delivery.properties.message_id().as_ref().map(|m| m.as_str())
+                });
+                Receipt::of(
+                    &settlement,
+                    id.unwrap_or_default(),
+                    named,
+                    started.elapsed(),
+                    SystemTime::now(),
+                )
+            });
+            match settler
+                .apply(&delivery, &body, event, &settlement, receipt.as_ref())
+                .await
+            {
                 Ok(()) => {
                     match (settlement.outcome(), endpoint) {
                         (Some(outcome), Some(ep)) => ep.metrics.delivery(outcome),
@@ -236,10 +252,12 @@ fn log_settled(settlement: &Settlement, took: Duration) {
         Settlement::Retry {
             plan,
             attempts,
+            status,
             error,
         } => tracing::info!(
             attempt = attempts,
             outcome,
+            status = status.map(i64::from),
             delay_ms = plan.expiration_ms,
             error = error.as_str(),
             duration_ms = ms,

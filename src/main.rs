@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use callback_dispatcher::config::{Config, LogFormat};
-use callback_dispatcher::ops::{check_config, dead_letters, publish, signing_key, token};
+use callback_dispatcher::ops::{
+    check_config, dead_letters, deliveries, publish, signing_key, token,
+};
 use callback_dispatcher::telemetry::init_logs;
 use clap::{Parser, Subcommand};
 
@@ -64,6 +66,27 @@ enum Command {
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
     DeadLetters(DeadLetters),
+    /// Read the delivery log (receipts.log): what became of events, oldest first.
+    Deliveries {
+        /// Only this event's receipts.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Only this profile's.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Only this type, e.g. delivery.dead_lettered or breaker.opened.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// How far back to read, e.g. 30m, 2h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Print at most this many entries (the oldest first).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Each entry's JSON on its own line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the whpk_ public key of each of a profile's whsk_ (ed25519) signing secrets, for
     /// the customer to verify v1a signatures with.
     SigningKey {
@@ -128,6 +151,24 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Deliveries {
+            message_id,
+            profile,
+            kind,
+            since,
+            limit,
+            json,
+        } => {
+            let q = deliveries::Query {
+                message_id,
+                profile,
+                kind,
+                since,
+                limit,
+                json,
+            };
+            deliveries::report(&config, &q).await
+        }
         Command::DeadLetters(DeadLetters::List { limit }) => {
             dead_letters::list_report(&config, limit).await
         }

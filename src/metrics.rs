@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 
 use crate::decide::{AttemptClass, DeferReason, DeliveryOutcome, Label, label_enum};
+use crate::receipts::Notices;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -53,6 +54,12 @@ pub struct Metrics {
     pub cluster_errors: IntCounter,
     /// Settlements the broker refused or could not route (SPEC section 8).
     pub settle_failures: IntCounter,
+    /// Receipts and operator events the broker refused or that could not be published
+    /// (SPEC section 14).
+    pub receipts_failed: IntCounter,
+    /// Operator events (SPEC section 14): the changes these metrics show, also told as
+    /// events when `receipts.exchange` is set.
+    pub notices: Notices,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,6 +153,11 @@ impl Metrics {
                 "settle_failures_total",
                 "Settlements (retries, deferrals, dead letters) the broker refused or could not route; the event went back to the queue after a back-off.",
             ),
+            receipts_failed: counter(
+                "receipts_failed_total",
+                "Receipts and operator events the broker refused or that could not be published; the events' fates are unchanged.",
+            ),
+            notices: Notices::default(),
             registry: Registry::new(),
             headers: Vec::new(),
         };
@@ -166,6 +178,7 @@ impl Metrics {
             (Box::new(m.cluster_replicas.clone()), "gauge"),
             (Box::new(m.cluster_errors.clone()), "counter"),
             (Box::new(m.settle_failures.clone()), "counter"),
+            (Box::new(m.receipts_failed.clone()), "counter"),
         ];
         for (c, kind) in collectors {
             for d in c.desc() {
@@ -310,6 +323,11 @@ impl ProfileMetrics {
         self.circuit_open
             .get_or_init(|| self.root.circuit_open.with_label_values(&[&self.profile]))
             .set(i64::from(open));
+    }
+
+    /// Where operator events about this profile are told.
+    pub fn notices(&self) -> &Notices {
+        &self.root.notices
     }
 }
 

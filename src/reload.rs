@@ -28,6 +28,7 @@ use crate::amqp::{self, Topology};
 use crate::config::Config;
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::profiles::Registry;
+use crate::receipts::NoticeType;
 use crate::worker::BROKER_LIMIT;
 
 /// How often the file's content is compared.
@@ -55,6 +56,7 @@ struct Fixed {
     log: String,
     token_cache: Option<[u8; 32]>,
     cluster: Option<[u8; 32]>,
+    receipts: String,
 }
 
 impl Fixed {
@@ -84,6 +86,7 @@ impl Fixed {
                 h.update(c.key_prefix.as_bytes());
                 h.finalize().into()
             }),
+            receipts: format!("{:?}", c.receipts),
         }
     }
 
@@ -104,6 +107,9 @@ impl Fixed {
         }
         if self.cluster != other.cluster {
             out.push("cluster");
+        }
+        if self.receipts != other.receipts {
+            out.push("receipts");
         }
         out
     }
@@ -201,9 +207,12 @@ impl Reloader {
                     errors = lines.len(),
                     "configuration reload failed; the running configuration stays"
                 );
-                for line in lines {
+                for line in &lines {
                     tracing::error!("{line}");
                 }
+                metrics
+                    .notices
+                    .tell(NoticeType::ReloadFailed, None, Some(&lines.join("\n")));
                 return;
             }
         };
@@ -224,11 +233,19 @@ impl Reloader {
         {
             metrics.reload(ReloadOutcome::Failure);
             tracing::error!(trigger = why, error = %e, "configuration reload failed: the new delay queues could not be declared; the running configuration stays");
+            metrics.notices.tell(
+                NoticeType::ReloadFailed,
+                None,
+                Some(&format!("declaring the new delay queues: {e}")),
+            );
             return;
         }
         let summary = config.summary();
         self.registry.store(next);
         metrics.reload(ReloadOutcome::Success);
+        metrics
+            .notices
+            .tell(NoticeType::ReloadSucceeded, None, None);
         tracing::info!(trigger = why, summary = %summary, new_delay_queues = new_delays.len(), "configuration reloaded");
     }
 

@@ -29,6 +29,7 @@ use crate::amqp::headers::{self, ATTEMPT, DEFERRALS, DeadInfo, FIRST_ATTEMPT, Re
 use crate::amqp::{PublishError, Topology, publish_confirmed};
 use crate::decide::{Label, Settlement};
 use crate::event::Event;
+use crate::receipts::{Receipt, Receipts};
 use crate::retry::RetryPlan;
 
 /// Why a settlement could not be carried out. The delivery was nacked or is left to the
@@ -151,6 +152,8 @@ pub struct Settler<'a> {
     pub backoff: &'a SettleBackoff,
     /// Cancelled at shutdown: a refused settlement's event goes back at once.
     pub shutdown: &'a CancellationToken,
+    /// With `receipts.exchange`: each settlement's receipt goes out before the ack.
+    pub receipts: Option<&'a Receipts>,
 }
 
 impl Settler<'_> {
@@ -202,13 +205,16 @@ impl Settler<'_> {
         (queue, result)
     }
 
-    /// Carry `settlement` out for `delivery`; `event` is the read event, if reading succeeded.
+    /// Carry `settlement` out for `delivery`; `event` is the read event, if reading
+    /// succeeded. Its `receipt` is published once the settlement is confirmed, and the ack
+    /// follows the receipt's confirm (or its failure: see [`crate::receipts`]).
     pub async fn apply(
         &self,
         delivery: &Delivery,
         body: &[u8],
         event: Option<&Event>,
         settlement: &Settlement,
+        receipt: Option<&Receipt>,
     ) -> Result<(), SettleError> {
         let (queue, published) = match settlement {
             Settlement::Delivered { .. } => (String::new(), Ok(())),
@@ -251,6 +257,9 @@ impl Settler<'_> {
             Ok(()) => {
                 if !queue.is_empty() {
                     self.backoff.succeeded(&queue);
+                }
+                if let (Some(receipts), Some(receipt)) = (self.receipts, receipt) {
+                    receipts.publish(self.publisher, receipt).await;
                 }
                 delivery.ack(BasicAckOptions::default()).await?;
                 return Ok(());

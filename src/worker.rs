@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::profiles::{Registry, Window};
+use crate::receipts::Receipts;
 use crate::reload::Reloader;
 use crate::server::{self, Health};
 use crate::settle::{SettleBackoff, Settler};
@@ -63,6 +64,8 @@ pub struct Worker {
 
 struct Supervisor {
     dispatcher: Arc<Dispatcher>,
+    /// With `receipts.exchange` (SPEC section 14).
+    receipts: Option<Arc<Receipts>>,
     health: Arc<Health>,
     /// The configuration the worker started with (its `amqp` section is the one in force).
     base: Config,
@@ -128,6 +131,12 @@ impl Worker {
             .await
             .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
         let metrics = Arc::new(Metrics::new());
+        let receipts = config.receipts.as_ref().map(|r| {
+            Arc::new(Receipts::new(
+                r.exchange.clone(),
+                metrics.receipts_failed.clone(),
+            ))
+        });
         let dispatcher = Dispatcher {
             registry: Arc::new(Registry::new(&config, metrics.clone())),
             window: Arc::new(Window::new(usize::from(config.amqp.prefetch))),
@@ -138,6 +147,7 @@ impl Worker {
         Ok(Worker {
             supervisor: Supervisor {
                 dispatcher: Arc::new(dispatcher),
+                receipts,
                 health: Arc::new(Health::default()),
                 topology: Topology::new(&config.amqp),
                 base: config,
@@ -187,6 +197,10 @@ impl Worker {
             .registry
             .start_cluster(stop.clone())
             .await;
+        let notices = supervisor
+            .receipts
+            .as_ref()
+            .map(|r| r.start(&supervisor.dispatcher.metrics.notices, stop.clone()));
         let reloader = watch.map(|path| {
             let reloader = Reloader::new(
                 path,
@@ -205,6 +219,9 @@ impl Worker {
         }
         if let Some(c) = cluster {
             let _ = c.await;
+        }
+        if let Some(n) = notices {
+            let _ = n.await;
         }
         tracing::info!("stopped");
         result
@@ -290,6 +307,9 @@ impl Supervisor {
             self.topology
                 .declare(&channel, &d.registry.load().delays_ms)
                 .await?;
+            if let Some(r) = &self.base.receipts {
+                Topology::declare_receipts(&channel, r).await?;
+            }
             let publisher = publisher_conn.create_channel().await?;
             publisher
                 .confirm_select(ConfirmSelectOptions::default())
@@ -320,12 +340,19 @@ impl Supervisor {
             },
         };
         let mut publisher_events = publisher_conn.events_listener();
+        if let Some(r) = &self.receipts {
+            r.attach(Some(publisher.clone()));
+        }
         d.metrics.amqp_connected.set(1);
         self.health.set_consuming(true);
         tracing::info!(queue = %self.topology.queue, prefetch, concurrency = d.registry.load().delivery.concurrency, "consuming");
 
         // What every delivery's task settles with, shared rather than cloned per event.
-        let out = Arc::new((publisher.clone(), self.topology.clone()));
+        let out = Arc::new((
+            publisher.clone(),
+            self.topology.clone(),
+            self.receipts.clone(),
+        ));
         let tracker = TaskTracker::new();
         let end = loop {
             let next = tokio::select! {
@@ -358,6 +385,7 @@ impl Supervisor {
                     topology: &out.1,
                     backoff: &d.settle_backoff,
                     shutdown: &d.shutdown,
+                    receipts: out.2.as_deref(),
                 };
                 d.handle(&settler, delivery).await;
                 drop(inflight);

@@ -8,7 +8,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ErrorKind, ExchangeKind};
 
 use super::headers::text;
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, ReceiptsConfig};
 
 /// The names, derived from the `amqp` section alone. The delay queues' TTLs come from the
 /// `retry` section, which a reload may change, so they are passed in where needed.
@@ -138,6 +138,55 @@ impl Topology {
             .await
             .map_err(wrap("queue", &self.dead_queue))?;
         self.declare_delays(channel, delays_ms).await
+    }
+
+    /// The receipts exchange (topic, durable) and, with `receipts.log`, the stream queue
+    /// `<exchange>.log` bound to it with `#` (SPEC section 14).
+    pub async fn declare_receipts(
+        channel: &Channel,
+        receipts: &ReceiptsConfig,
+    ) -> Result<(), TopologyError> {
+        let exchange = receipts.exchange.as_str();
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(wrap("exchange", exchange))?;
+        let Some(keep) = receipts.log else {
+            return Ok(());
+        };
+        let log = receipts.log_queue();
+        channel
+            .queue_declare(
+                log.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args(&[
+                    ("x-queue-type", text("stream")),
+                    ("x-max-age", text(&format!("{}s", keep.as_secs().max(1)))),
+                ]),
+            )
+            .await
+            .map_err(wrap("stream queue", &log))?;
+        channel
+            .queue_bind(
+                log.as_str().into(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(wrap("binding of stream queue", &log))
     }
 
     /// The delay queues alone: at start, and before a reload that adds delays takes effect.

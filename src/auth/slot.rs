@@ -23,6 +23,7 @@
 //! - With a shared cache ([`SharedTokens`]) the slot still fronts it: Redis is asked only
 //!   when this replica has no fresh token.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,18 @@ pub struct TokenSlot {
     flight: Mutex<Flight>,
     /// Bumped when a fetch ends: everyone who waited on it wakes at once.
     done: watch::Sender<u64>,
+    /// Set when a fetch changed whether the auth server works, until someone takes it.
+    changed: AtomicBool,
+}
+
+/// A change of whether the profile's auth server gives tokens (SPEC section 14's
+/// `auth.failing` and `auth.recovered`).
+#[derive(Debug, Clone)]
+pub enum AuthChange {
+    /// The first failed request after a success (or since the start).
+    Failing(Arc<AuthError>),
+    /// The first success after a failure.
+    Recovered,
 }
 
 #[derive(Default)]
@@ -52,6 +65,8 @@ struct Flight {
     failures: u32,
     /// No new fetch before this, after a failure.
     retry_at: Option<Instant>,
+    /// Not taken yet: see [`TokenSlot::take_change`].
+    change: Option<AuthChange>,
 }
 
 /// The first wait after a failed token request.
@@ -87,6 +102,7 @@ impl Default for TokenSlot {
             current: ArcSwapOption::empty(),
             flight: Mutex::new(Flight::default()),
             done: watch::Sender::new(0),
+            changed: AtomicBool::new(false),
         }
     }
 }
@@ -112,11 +128,19 @@ impl Drop for Fetching<'_> {
         match self.result.take() {
             Some(Ok(token)) => {
                 self.slot.current.store(Some(token));
+                if f.failures > 0 {
+                    f.change = Some(AuthChange::Recovered);
+                    self.slot.changed.store(true, Ordering::Release);
+                }
                 f.last_error = None;
                 f.failures = 0;
                 f.retry_at = None;
             }
             Some(Err(e)) => {
+                if f.failures == 0 {
+                    f.change = Some(AuthChange::Failing(e.clone()));
+                    self.slot.changed.store(true, Ordering::Release);
+                }
                 f.failures = f.failures.saturating_add(1);
                 f.retry_at = Some(Instant::now() + backoff(f.failures));
                 f.last_error = Some(e);
@@ -130,6 +154,15 @@ impl Drop for Fetching<'_> {
 }
 
 impl TokenSlot {
+    /// A change of the auth server's health that nobody has told yet; whoever takes it
+    /// tells it, once.
+    pub fn take_change(&self) -> Option<AuthChange> {
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.flight.lock().expect("token slot lock").change.take()
+    }
+
     /// The cached token if it is still within its reuse window.
     pub fn fresh(&self) -> Option<Arc<Token>> {
         let guard = self.current.load();

@@ -2,7 +2,7 @@
 //!
 //! Loading is three steps: `${VAR}` interpolation over the text (`env`), serde into the raw
 //! structs (`raw`, `deny_unknown_fields`), and one validation per section beside its type
-//! (`amqp`, `delivery`, `retry`, `telemetry`, `token_cache`, `cluster`, `profile` with its `auth` and
+//! (`amqp`, `delivery`, `retry`, `telemetry`, `token_cache`, `cluster`, `receipts`, `profile` with its `auth` and
 //! `tls`), which check everything and collect every problem with its key path and
 //! line/column before giving up. Secrets are wrapped from the moment serde reads them and no
 //! error message quotes them.
@@ -15,6 +15,7 @@ mod env;
 mod issues;
 mod profile;
 mod raw;
+mod receipts;
 mod retry;
 mod telemetry;
 mod tls;
@@ -28,6 +29,7 @@ pub use cluster::{ClusterConfig, DEFAULT_KEY_PREFIX};
 pub use delivery::{BreakerSettings, DeliveryConfig};
 pub use issues::{ConfigError, Issue};
 pub use profile::{Profile, Profiles, RateLimit};
+pub use receipts::ReceiptsConfig;
 pub use telemetry::{LogConfig, LogFormat, MetricsConfig};
 pub use tls::Tls;
 pub use token_cache::TokenCacheConfig;
@@ -47,6 +49,7 @@ pub struct Config {
     pub log: LogConfig,
     pub token_cache: Option<TokenCacheConfig>,
     pub cluster: Option<ClusterConfig>,
+    pub receipts: Option<ReceiptsConfig>,
     pub profiles: Profiles,
 }
 
@@ -104,7 +107,7 @@ impl Config {
             .filter(|p| p.auth.oauth2().is_some())
             .count();
         format!(
-            "ok: {} profile(s) ({} with oauth2), queue {}, exchange {}, {} delay queue(s), max {} attempt(s), metrics on {}{}{}",
+            "ok: {} profile(s) ({} with oauth2), queue {}, exchange {}, {} delay queue(s), max {} attempt(s), metrics on {}{}{}{}",
             self.profiles.len(),
             oauth,
             self.amqp.queue,
@@ -121,6 +124,11 @@ impl Config {
                 ", cluster on"
             } else {
                 ""
+            },
+            match &self.receipts {
+                Some(r) if r.log.is_some() => ", receipts and delivery log on",
+                Some(_) => ", receipts on",
+                None => "",
             }
         )
     }
@@ -160,6 +168,7 @@ fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
     let log = telemetry::log(&mut issues, &raw.log);
     let token_cache = token_cache::validate(&mut issues, raw.token_cache.as_ref());
     let cluster = cluster::validate(&mut issues, raw.cluster.as_ref());
+    let receipts = receipts::validate(&mut issues, raw.receipts.as_ref());
     let profiles = match &raw.profiles {
         None => {
             issues.add(
@@ -193,6 +202,7 @@ fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
             log,
             token_cache,
             cluster,
+            receipts,
             profiles: Profiles::new(profiles),
         })
     } else {

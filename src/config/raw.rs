@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub log: RawLog,
     pub token_cache: Option<S<RawTokenCache>>,
     pub cluster: Option<S<RawCluster>>,
+    pub receipts: Option<S<RawReceipts>>,
     pub profiles: Option<Vec<S<RawProfile>>>,
 }
 
@@ -87,6 +88,13 @@ pub(crate) struct RawTokenCache {
     pub redis: Option<RawSecret>,
     pub key_prefix: Option<S<String>>,
     pub encryption_key: Option<RawSecret>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawReceipts {
+    pub exchange: Option<S<String>>,
+    pub log: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -77,6 +77,7 @@ fn decide_table() {
             Settlement::Retry {
                 plan: plan(5000, 5000),
                 attempts: 1,
+                status: Some(503),
                 error: "boom".into(),
             },
         ),
@@ -86,6 +87,7 @@ fn decide_table() {
             Settlement::Retry {
                 plan: plan(15000, 15000),
                 attempts: 2,
+                status: None,
                 error: "boom".into(),
             },
         ),

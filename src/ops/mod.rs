@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod dead_letters;
+pub mod deliveries;
 pub mod publish;
 pub mod signing_key;
 pub mod token;

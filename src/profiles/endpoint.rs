@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use crate::auth::fetch::Source;
 use crate::auth::shared::SharedTokens;
-use crate::auth::slot::TokenError;
+use crate::auth::slot::{AuthChange, TokenError};
 use crate::auth::{Auth, AuthError, Credential, Token, TokenSlot};
 use crate::config::Profile;
 use crate::decide::{AttemptResult, Reading};
 use crate::metrics::ProfileMetrics;
 use crate::profiles::breaker::{BreakerState, Change};
 use crate::profiles::gate::{Gate, Pass};
+use crate::receipts::NoticeType;
 
 pub struct Endpoint {
     pub profile: Arc<Profile>,
@@ -66,12 +67,30 @@ impl Endpoint {
                 let token = self
                     .tokens
                     .get(&src, self.shared.as_deref(), patience)
-                    .await?;
+                    .await;
+                self.tell_auth_change();
+                let token = token?;
                 Ok(Some(Credential {
                     header: reqwest::header::AUTHORIZATION,
                     value: token.header.clone(),
                     token: Some(token),
                 }))
+            }
+        }
+    }
+
+    /// `auth.failing` / `auth.recovered`, told once by whoever sees the change first.
+    fn tell_auth_change(&self) {
+        let notices = self.metrics.notices();
+        match self.tokens.take_change() {
+            None => {}
+            Some(AuthChange::Failing(error)) => notices.tell(
+                NoticeType::AuthFailing,
+                Some(&self.profile.id),
+                Some(&error.to_string()),
+            ),
+            Some(AuthChange::Recovered) => {
+                notices.tell(NoticeType::AuthRecovered, Some(&self.profile.id), None)
             }
         }
     }
@@ -148,11 +167,16 @@ pub(crate) fn announce(
 ) {
     match (change, by) {
         (Change::None, _) => return,
-        (Change::Opened, By::ThisReplica) => tracing::warn!(
-            profile,
-            last_error,
-            "circuit breaker opened: no attempts to this profile until a probe succeeds"
-        ),
+        (Change::Opened, By::ThisReplica) => {
+            tracing::warn!(
+                profile,
+                last_error,
+                "circuit breaker opened: no attempts to this profile until a probe succeeds"
+            );
+            metrics
+                .notices()
+                .tell(NoticeType::BreakerOpened, Some(profile), Some(last_error));
+        }
         (Change::Opened, By::AnotherReplica) => tracing::warn!(
             profile,
             "circuit breaker opened by the deployment's failures: no attempts to this profile until a probe succeeds"
@@ -165,7 +189,10 @@ pub(crate) fn announce(
             )
         }
         (Change::Closed, By::ThisReplica) => {
-            tracing::info!(profile, "circuit breaker closed: the probe succeeded")
+            tracing::info!(profile, "circuit breaker closed: the probe succeeded");
+            metrics
+                .notices()
+                .tell(NoticeType::BreakerClosed, Some(profile), None);
         }
         (Change::Closed, By::AnotherReplica) => tracing::info!(
             profile,

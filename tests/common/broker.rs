@@ -60,6 +60,7 @@ impl Env {
                 format: Some("text".into()),
             },
             token_cache: None,
+            receipts: None,
             profiles: profiles.into_iter().collect(),
         }
     }

@@ -50,6 +50,8 @@ pub struct ConfigFile {
     pub log: LogSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_cache: Option<TokenCache>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<Receipts>,
     pub profiles: Vec<Profile>,
 }
 
@@ -175,6 +177,14 @@ pub struct MetricsSection {
 pub struct LogSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Receipts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<Span>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
