@@ -111,6 +111,8 @@ struct Load {
     events: Vec<(String, String)>,
     prefetch: u16,
     concurrency: usize,
+    /// Receipts and the delivery log on (to `<queue>.receipts`).
+    receipts: bool,
 }
 
 struct Round {
@@ -176,11 +178,16 @@ async fn run_round(
         .local_addr()?
         .port();
     let yaml = format!(
-        "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\nprofiles:\n{}",
+        "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\n{}profiles:\n{}",
         amqp_url(),
         load.prefetch,
         load.concurrency,
         std::env::var("LOAD_DELIVERY_EXTRA").unwrap_or_default(),
+        if load.receipts {
+            format!("receipts: {{exchange: {queue}.receipts, log: 1h}}\n")
+        } else {
+            String::new()
+        },
         load.profiles
     );
     let config_path = dir.join(format!("{queue}.yaml"));
@@ -335,6 +342,16 @@ async fn run_round(
         ExchangeDeleteOptions::default(),
     )
     .await?;
+    if load.receipts {
+        let receipts = format!("{queue}.receipts");
+        ch.queue_delete(
+            format!("{receipts}.log").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await?;
+        ch.exchange_delete(receipts.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
     conn.close(200, "done".into()).await?;
     Ok(Round {
         rate: (measured - 1) as f64 / (last - first).as_secs_f64(),
@@ -421,6 +438,7 @@ async fn main() -> anyhow::Result<()> {
         events: measured(&|_| "load".into()),
         prefetch: 256,
         concurrency: 256,
+        receipts: false,
     };
     if scenario == "all" || scenario == "throughput" {
         let (ratio, rate, rss) = compare(
@@ -451,6 +469,7 @@ async fn main() -> anyhow::Result<()> {
             events,
             prefetch: 256,
             concurrency: 256,
+            receipts: false,
         };
         let (ratio, rate, _) = compare(
             "profiles",
@@ -490,12 +509,14 @@ async fn main() -> anyhow::Result<()> {
             events: measured(&|_| "ok".into()),
             prefetch: 64,
             concurrency: 32,
+            receipts: false,
         };
         let beside = Load {
             profiles,
             events,
             prefetch: 64,
             concurrency: 32,
+            receipts: false,
         };
         let (ratio, rate, _) = compare(
             "protection",
@@ -511,6 +532,28 @@ async fn main() -> anyhow::Result<()> {
             "protection: healthy profile beside a hanging one ({hanging} events answering after 4.5 s, timeout 5 s, interleaved 1:1 first) median {rate:.0} events/s, prefetch 64, concurrency 32"
         );
         println!("ratio_beside_hanging={ratio:.3}");
+    }
+    if scenario == "all" || scenario == "receipts" {
+        let with = Load {
+            profiles: one.profiles.clone(),
+            events: one.events.clone(),
+            receipts: true,
+            ..one
+        };
+        let (ratio, rate, rss) = compare(
+            "receipts",
+            rounds,
+            ("receipts and log on", Consumer::Worker, &with),
+            ("receipts off", Consumer::Worker, &one),
+            &base,
+            &seen,
+            &dir,
+        )
+        .await?;
+        println!(
+            "receipts: worker with a receipt per event and the delivery log median {rate:.0} events/s, peak RSS {rss:.1} MiB"
+        );
+        println!("ratio_receipts_vs_off={ratio:.3}");
     }
     if std::env::var_os("LOAD_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
