@@ -21,17 +21,24 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
   fi
 fi
 
-if timeout 60 rabbitmqctl await_startup >/dev/null 2>&1; then
+# Ordered delivery (amqp.partitions) needs the consistent-hash exchange, which RabbitMQ
+# ships as a plugin; enabling it on a running broker needs no restart.
+ready() {
+  timeout 60 rabbitmq-plugins enable --quiet rabbitmq_consistent_hash_exchange >/dev/null 2>&1 \
+    || echo "ensure-rabbitmq: could not enable rabbitmq_consistent_hash_exchange (ordered delivery tests need it)" >&2
   echo "ensure-rabbitmq: broker is running"
   exit 0
+}
+
+if timeout 60 rabbitmqctl await_startup >/dev/null 2>&1; then
+  ready
 fi
 
 echo "ensure-rabbitmq: starting rabbitmq-server"
 sudo_if_needed rabbitmq-server -detached >/dev/null 2>&1 || true
 for _ in $(seq 1 60); do
   if timeout 30 rabbitmqctl await_startup >/dev/null 2>&1; then
-    echo "ensure-rabbitmq: broker is running"
-    exit 0
+    ready
   fi
   sleep 2
 done

@@ -70,6 +70,8 @@ label_enum!(
         PayloadTooLarge => "payload_too_large",
         /// A `message_id` that cannot be sent as the `webhook-id` header.
         InvalidMessageId => "invalid_message_id",
+        /// An `ordering_key` that is not a string of 1 to 128 bytes (SPEC section 15).
+        InvalidOrderingKey => "invalid_ordering_key",
         /// The callback URL resolves to an address the network guard refuses (SPEC section 10).
         BlockedDestination => "blocked_destination",
     }

@@ -25,6 +25,7 @@ use crate::decide::{
 };
 use crate::event::{self, Event};
 use crate::metrics::{Metrics, NO_PROFILE};
+use crate::ordered::{Attempts, ORDERED_MAX_WAIT, OrderedEnd};
 use crate::profiles::gate::{MAX_WAIT, Refusal};
 use crate::profiles::{Endpoint, Registry, Snapshot, Window};
 use crate::receipts::Receipt;
@@ -45,12 +46,35 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// One delivery, from the queue to its settlement. Never panics on bad input and never
     /// acks before the settlement is confirmed (see [`crate::settle`]).
-    pub async fn handle(&self, settler: &Settler<'_>, mut delivery: Delivery) {
+    pub async fn handle(&self, settler: &Settler<'_>, delivery: Delivery) {
+        self.process(settler, delivery, None).await;
+    }
+
+    /// An ordered event (SPEC section 15): retries and deferrals wait here, the event
+    /// unacknowledged, instead of in a delay queue, so that nothing of its key overtakes it.
+    /// `Settled` once it was delivered or dead-lettered; `Left` when shutdown (or a lost
+    /// channel) left it to the broker, which returns it, in its place, to whoever consumes
+    /// the partition next.
+    pub async fn handle_ordered(
+        &self,
+        settler: &Settler<'_>,
+        delivery: Delivery,
+        memory: &Attempts,
+    ) -> OrderedEnd {
+        self.process(settler, delivery, Some(memory)).await
+    }
+
+    async fn process(
+        &self,
+        settler: &Settler<'_>,
+        mut delivery: Delivery,
+        ordered: Option<&Attempts>,
+    ) -> OrderedEnd {
         let started = Instant::now();
         self.metrics.events_consumed.inc();
+        let body = Bytes::from(std::mem::take(&mut delivery.data));
         let snapshot = self.registry.load();
         let now = SystemTime::now();
-        let body = Bytes::from(std::mem::take(&mut delivery.data));
 
         // read -> resolve
         let read = event::read(
@@ -64,14 +88,14 @@ impl Dispatcher {
             Err(r) => r.profile.as_deref(),
         };
         let endpoint = named.and_then(|id| snapshot.endpoint(id));
+        let event_id = read.as_ref().map_or("-", |e| e.id.as_str());
         let span = tracing::info_span!(
             "event",
-            event_id = read.as_ref().map_or("-", |e| e.id.as_str()),
+            event_id,
             profile = endpoint.map_or(NO_PROFILE, |e| &*e.profile.id),
         );
         async {
-            let hold = endpoint.map(|e| e.gate.hold(&self.window));
-            let facts = match &read {
+            let mut facts = match &read {
                 Ok(e) => Facts {
                     attempts_before: e.attempts_before,
                     deferrals_before: e.deferrals_before,
@@ -84,60 +108,125 @@ impl Dispatcher {
                     age: Duration::ZERO,
                 },
             };
-            let case = match (&read, endpoint) {
-                (Err(rejected), _) => Case::Rejected(rejected.clone()),
-                (Ok(e), None) => Case::UnknownProfile(e.profile.clone()),
-                (Ok(e), Some(ep)) => self.guard_and_attempt(&snapshot, ep, e, facts).await,
+            if let Some(memory) = ordered {
+                facts.attempts_before = facts.attempts_before.max(memory.get(event_id));
+            }
+            let settlement = loop {
+                let hold = endpoint.map(|e| e.gate.hold(&self.window));
+                let case = match (&read, endpoint) {
+                    (Err(rejected), _) => Case::Rejected(rejected.clone()),
+                    (Ok(e), None) => Case::UnknownProfile(e.profile.clone()),
+                    (Ok(e), Some(ep)) => self.guard_and_attempt(&snapshot, ep, e, facts).await,
+                };
+                // decide -> settle. The event stops counting against its profile's share
+                // here: from now on it waits only for the broker, which may send the next
+                // one as soon as it acks.
+                drop(hold);
+                let settlement = decide(
+                    case,
+                    facts,
+                    &snapshot.retry,
+                    &snapshot.delays_ms,
+                    rand::random::<f64>(),
+                );
+                let Some(memory) = ordered else {
+                    break settlement;
+                };
+                // An ordered event's retry or deferral waits here.
+                let wait = match &settlement {
+                    Settlement::Retry { plan, attempts, .. } => {
+                        memory.set(event_id, *attempts);
+                        facts.attempts_before = *attempts;
+                        self.tell(settler, &delivery, event_id, endpoint, named, &settlement, started)
+                            .await;
+                        plan.expiration_ms
+                    }
+                    Settlement::Defer { plan, reason, .. } => {
+                        if let Some(ep) = endpoint {
+                            ep.metrics.deferral(*reason);
+                        }
+                        log_settled(&settlement, started.elapsed());
+                        plan.expiration_ms
+                    }
+                    _ => break settlement,
+                };
+                let wait = Duration::from_millis(wait).min(ORDERED_MAX_WAIT);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.shutdown.cancelled() => return OrderedEnd::Left,
+                }
+                facts.age = read.as_ref().map_or(Duration::ZERO, |e| e.age(SystemTime::now()));
             };
-
-            // decide -> settle. The event stops counting against its profile's share here:
-            // from now on it waits only for the broker, which may send the next one as soon
-            // as it acks.
-            drop(hold);
-            let settlement = decide(
-                case,
-                facts,
-                &snapshot.retry,
-                &snapshot.delays_ms,
-                rand::random::<f64>(),
-            );
-            let event = read.as_ref().ok();
+            if matches!(settlement, Settlement::Requeue) && ordered.is_some() {
+                // Shutdown: left unacknowledged, it returns in its place.
+                return OrderedEnd::Left;
+            }
             let receipt = settler.receipts.and_then(|_| {
-                let id = event.map(|e| e.id.as_str()).or_else(|| {
-                    delivery.properties.message_id().as_ref().map(|m| m.as_str())
-                });
-                Receipt::of(
-                    &settlement,
-                    id.unwrap_or_default(),
-                    named,
-                    started.elapsed(),
-                    SystemTime::now(),
-                )
+                Receipt::of(&settlement, receipt_id(&delivery, event_id), named, started.elapsed(), SystemTime::now())
             });
+            let event = read.as_ref().ok();
             match settler
                 .apply(&delivery, &body, event, &settlement, receipt.as_ref())
                 .await
             {
                 Ok(()) => {
-                    match (settlement.outcome(), endpoint) {
-                        (Some(outcome), Some(ep)) => ep.metrics.delivery(outcome),
-                        (Some(outcome), None) => self.metrics.unprofiled(outcome).inc(),
-                        (None, _) => {}
-                    }
-                    if let (Settlement::Defer { reason, .. }, Some(ep)) = (&settlement, endpoint) {
-                        ep.metrics.deferral(*reason);
-                    }
+                    self.count(endpoint, &settlement);
                     log_settled(&settlement, started.elapsed());
+                    if let Some(memory) = ordered {
+                        memory.forget(event_id);
+                    }
+                    OrderedEnd::Settled
                 }
                 // Logged at error where it was refused.
-                Err(SettleError::Refused { .. }) => {}
+                Err(SettleError::Refused { .. }) => OrderedEnd::Left,
                 Err(e) => {
-                    tracing::warn!(error = %e, "settlement not confirmed; the event stays on the queue")
+                    tracing::warn!(error = %e, "settlement not confirmed; the event stays on the queue");
+                    OrderedEnd::Left
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// `deliveries_total` and `deferrals_total` for a settlement carried out.
+    fn count(&self, endpoint: Option<&Arc<Endpoint>>, settlement: &Settlement) {
+        match (settlement.outcome(), endpoint) {
+            (Some(outcome), Some(ep)) => ep.metrics.delivery(outcome),
+            (Some(outcome), None) => self.metrics.unprofiled(outcome).inc(),
+            (None, _) => {}
+        }
+        if let (Settlement::Defer { reason, .. }, Some(ep)) = (settlement, endpoint) {
+            ep.metrics.deferral(*reason);
+        }
+    }
+
+    /// An ordered event's retry, which republishes nothing: counted, logged and, with
+    /// receipts, told.
+    #[allow(clippy::too_many_arguments)]
+    async fn tell(
+        &self,
+        settler: &Settler<'_>,
+        delivery: &Delivery,
+        event_id: &str,
+        endpoint: Option<&Arc<Endpoint>>,
+        named: Option<&str>,
+        settlement: &Settlement,
+        started: Instant,
+    ) {
+        self.count(endpoint, settlement);
+        log_settled(settlement, started.elapsed());
+        if let Some(receipts) = settler.receipts
+            && let Some(r) = Receipt::of(
+                settlement,
+                receipt_id(delivery, event_id),
+                named,
+                started.elapsed(),
+                SystemTime::now(),
+            )
+        {
+            receipts.publish(settler.publisher, &r).await;
+        }
     }
 
     /// Too old, not now (breaker, concurrency, rate), or attempted.
@@ -234,6 +323,19 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The id a receipt names: the event's, else the message's own `message_id` (an event that
+/// could not be read), else empty.
+fn receipt_id<'a>(delivery: &'a Delivery, event_id: &'a str) -> &'a str {
+    if event_id != "-" {
+        return event_id;
+    }
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map_or("", |m| m.as_str())
 }
 
 /// The `event settled` line (`event deferred` at debug); the event's id and profile come

@@ -174,6 +174,13 @@ pub fn read(
             profile: Some(profile),
         });
     }
+    if let Err(error) = headers::ordering_key(headers) {
+        return Err(Rejected {
+            reason: DeadReason::InvalidOrderingKey,
+            error,
+            profile: Some(profile),
+        });
+    }
     let content_type = props
         .content_type()
         .as_ref()

@@ -14,6 +14,7 @@
 //!   send       the HTTP attempt                                     (guard: network guard)
 //!   decide     what the answer means and the event's fate, pure    (retry: delay math)
 //!   settle     carry the fate out with publisher confirms          (amqp: topology, headers)
+//! ordered    ordered delivery per key: partitions, lanes, in-place retries
 //! receipts   what became of each event, and operator events, told on the broker
 //! cluster    replicas share their count, rate limits, concurrency and breakers (Redis)
 //! config     YAML -> validated settings, one validation per section
@@ -33,6 +34,7 @@ pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod ops;
+pub mod ordered;
 pub mod profiles;
 pub mod receipts;
 pub mod reload;

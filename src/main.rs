@@ -62,6 +62,9 @@ enum Command {
         /// Publish this many copies (ids get a -N suffix); for load runs.
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Publish an ordered event with this key (needs amqp.partitions).
+        #[arg(long)]
+        ordering_key: Option<String>,
     },
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
@@ -138,6 +141,7 @@ async fn main() -> ExitCode {
             message_id,
             content_type,
             count,
+            ordering_key,
         } => match publish::read_body(file.as_deref()) {
             Ok(body) => {
                 let req = publish::Request {
@@ -146,6 +150,7 @@ async fn main() -> ExitCode {
                     message_id,
                     content_type,
                     count,
+                    ordering_key,
                 };
                 publish::run(&config, &req).await
             }

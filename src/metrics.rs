@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Receipts and operator events the broker refused or that could not be published
     /// (SPEC section 14).
     pub receipts_failed: IntCounter,
+    /// Ordered events held behind an unsettled one of the same key (SPEC section 15).
+    pub ordered_waiting: IntGaugeVec,
     /// Operator events (SPEC section 14): the changes these metrics show, also told as
     /// events when `receipts.exchange` is set.
     pub notices: Notices,
@@ -157,6 +159,14 @@ impl Metrics {
                 "receipts_failed_total",
                 "Receipts and operator events the broker refused or that could not be published; the events' fates are unchanged.",
             ),
+            ordered_waiting: IntGaugeVec::new(
+                Opts::new(
+                    name("ordered_waiting"),
+                    "Ordered events held behind an unsettled one of the same key.",
+                ),
+                &["profile"],
+            )
+            .unwrap(),
             notices: Notices::default(),
             registry: Registry::new(),
             headers: Vec::new(),
@@ -179,6 +189,7 @@ impl Metrics {
             (Box::new(m.cluster_errors.clone()), "counter"),
             (Box::new(m.settle_failures.clone()), "counter"),
             (Box::new(m.receipts_failed.clone()), "counter"),
+            (Box::new(m.ordered_waiting.clone()), "gauge"),
         ];
         for (c, kind) in collectors {
             for d in c.desc() {
@@ -215,6 +226,11 @@ impl Metrics {
     pub fn unprofiled(&self, outcome: DeliveryOutcome) -> IntCounter {
         self.deliveries
             .with_label_values(&[NO_PROFILE, outcome.as_str()])
+    }
+
+    /// `ordered_waiting` of events that name no configured profile.
+    pub fn unprofiled_waiting(&self) -> IntGauge {
+        self.ordered_waiting.with_label_values(&[NO_PROFILE])
     }
 
     pub fn reload(&self, outcome: ReloadOutcome) {
@@ -255,6 +271,7 @@ pub struct ProfileMetrics {
     duration: OnceLock<Histogram>,
     cache_hits: OnceLock<IntCounter>,
     circuit_open: OnceLock<IntGauge>,
+    ordered_waiting: OnceLock<IntGauge>,
 }
 
 impl ProfileMetrics {
@@ -269,6 +286,7 @@ impl ProfileMetrics {
             duration: OnceLock::new(),
             cache_hits: OnceLock::new(),
             circuit_open: OnceLock::new(),
+            ordered_waiting: OnceLock::new(),
         }
     }
 
@@ -323,6 +341,14 @@ impl ProfileMetrics {
         self.circuit_open
             .get_or_init(|| self.root.circuit_open.with_label_values(&[&self.profile]))
             .set(i64::from(open));
+    }
+
+    pub fn ordered_waiting(&self) -> &IntGauge {
+        self.ordered_waiting.get_or_init(|| {
+            self.root
+                .ordered_waiting
+                .with_label_values(&[&self.profile])
+        })
     }
 
     /// Where operator events about this profile are told.

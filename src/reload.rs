@@ -65,8 +65,8 @@ impl Fixed {
         let mut amqp = Sha256::new();
         amqp.update(c.amqp.url.expose_secret().as_bytes());
         amqp.update(format!(
-            "{}|{}|{}",
-            c.amqp.queue, c.amqp.exchange, c.amqp.prefetch
+            "{}|{}|{}|{}",
+            c.amqp.queue, c.amqp.exchange, c.amqp.prefetch, c.amqp.partitions
         ));
         Fixed {
             amqp: amqp.finalize().into(),

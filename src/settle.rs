@@ -144,6 +144,30 @@ fn unix_ms(t: SystemTime) -> u64 {
 /// Rewritten from the [`RetryState`] on every republish.
 const RETRY_HEADERS: [&str; 3] = [ATTEMPT, DEFERRALS, FIRST_ATTEMPT];
 
+/// What one session's deliveries settle with, shared by their tasks rather than cloned per
+/// event.
+pub struct Outlet {
+    pub publisher: Channel,
+    pub topology: Topology,
+    pub receipts: Option<std::sync::Arc<Receipts>>,
+}
+
+impl Outlet {
+    pub fn settler<'a>(
+        &'a self,
+        backoff: &'a SettleBackoff,
+        shutdown: &'a CancellationToken,
+    ) -> Settler<'a> {
+        Settler {
+            publisher: &self.publisher,
+            topology: &self.topology,
+            backoff,
+            shutdown,
+            receipts: self.receipts.as_deref(),
+        }
+    }
+}
+
 /// Carries settlements out on one session's publishing channel (confirms on).
 pub struct Settler<'a> {
     pub publisher: &'a Channel,

@@ -26,23 +26,27 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::Connection;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod drain;
+
+use drain::Consuming;
 
 use crate::amqp::{self, Topology, TopologyError};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
+use crate::ordered::Attempts;
+use crate::ordered::partition::{self, Feed};
 use crate::profiles::{Registry, Window};
 use crate::receipts::Receipts;
 use crate::reload::Reloader;
 use crate::server::{self, Health};
-use crate::settle::{SettleBackoff, Settler};
+use crate::settle::{Outlet, SettleBackoff};
 
 /// The longest any close waits for the broker's answer.
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
@@ -66,6 +70,8 @@ struct Supervisor {
     dispatcher: Arc<Dispatcher>,
     /// With `receipts.exchange` (SPEC section 14).
     receipts: Option<Arc<Receipts>>,
+    /// Attempts on ordered events, kept across sessions (SPEC section 15).
+    ordered_attempts: Arc<Attempts>,
     health: Arc<Health>,
     /// The configuration the worker started with (its `amqp` section is the one in force).
     base: Config,
@@ -148,6 +154,7 @@ impl Worker {
             supervisor: Supervisor {
                 dispatcher: Arc::new(dispatcher),
                 receipts,
+                ordered_attempts: Arc::default(),
                 health: Arc::new(Health::default()),
                 topology: Topology::new(&config.amqp),
                 base: config,
@@ -307,6 +314,7 @@ impl Supervisor {
             self.topology
                 .declare(&channel, &d.registry.load().delays_ms)
                 .await?;
+            self.topology.declare_ordered(&channel).await?;
             if let Some(r) = &self.base.receipts {
                 Topology::declare_receipts(&channel, r).await?;
             }
@@ -325,9 +333,10 @@ impl Supervisor {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok::<_, SessionError>((channel, publisher, consumer))
+            let partitions = partition::open(conn, &self.topology, prefetch, &tag).await?;
+            Ok::<_, SessionError>((channel, publisher, consumer, partitions))
         };
-        let (channel, publisher, mut consumer) = tokio::select! {
+        let (channel, publisher, mut consumer, partitions) = tokio::select! {
             biased;
             () = shutdown.as_mut() => {
                 bounded("closing", conn.close(200, "shutdown".into())).await;
@@ -347,13 +356,24 @@ impl Supervisor {
         self.health.set_consuming(true);
         tracing::info!(queue = %self.topology.queue, prefetch, concurrency = d.registry.load().delivery.concurrency, "consuming");
 
-        // What every delivery's task settles with, shared rather than cloned per event.
-        let out = Arc::new((
-            publisher.clone(),
-            self.topology.clone(),
-            self.receipts.clone(),
-        ));
+        let out = Arc::new(Outlet {
+            publisher: publisher.clone(),
+            topology: self.topology.clone(),
+            receipts: self.receipts.clone(),
+        });
         let tracker = TaskTracker::new();
+        let feed = Arc::new(Feed {
+            dispatcher: d.clone(),
+            out: out.clone(),
+            lanes: Arc::default(),
+            memory: self.ordered_attempts.clone(),
+            tracker: tracker.clone(),
+        });
+        let mut ordered = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            tokio::spawn(feed.clone().run(p.consumer));
+            ordered.push((p.channel, p.tag));
+        }
         let end = loop {
             let next = tokio::select! {
                 biased;
@@ -380,13 +400,7 @@ impl Supervisor {
             let (d, out) = (d.clone(), out.clone());
             let inflight = Inflight::new(&d.metrics);
             tracker.spawn(async move {
-                let settler = Settler {
-                    publisher: &out.0,
-                    topology: &out.1,
-                    backoff: &d.settle_backoff,
-                    shutdown: &d.shutdown,
-                    receipts: out.2.as_deref(),
-                };
+                let settler = out.settler(&d.settle_backoff, &d.shutdown);
                 d.handle(&settler, delivery).await;
                 drop(inflight);
             });
@@ -395,61 +409,17 @@ impl Supervisor {
         d.metrics.amqp_connected.set(0);
         tracker.close();
         if let End::Shutdown = end {
-            self.drain(conn, publisher_conn, &channel, &publisher, &tag, &tracker)
-                .await;
+            let consuming = Consuming {
+                conn,
+                publisher_conn,
+                channel: &channel,
+                publisher: &publisher,
+                tag: &tag,
+                ordered: &ordered,
+            };
+            self.drain(consuming, &tracker).await;
         }
         Ok(end)
-    }
-
-    /// Stop consuming, give in-flight deliveries up to `delivery.timeout` to settle, close.
-    /// Events waiting for their turn go back to the queue at once; whatever has not settled
-    /// by the limit (a blocked broker cannot confirm) returns when the channel closes.
-    async fn drain(
-        &self,
-        conn: &Connection,
-        publisher_conn: &Connection,
-        channel: &Channel,
-        publisher: &Channel,
-        tag: &str,
-        tracker: &TaskTracker,
-    ) {
-        let limit = self.dispatcher.registry.load().delivery.timeout;
-        bounded(
-            "cancelling the consumer",
-            channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
-        )
-        .await;
-        self.dispatcher.shutdown.cancel();
-        tracing::info!(
-            in_flight = tracker.len(),
-            limit_ms = limit.as_millis() as u64,
-            "shutting down: settling deliveries in flight"
-        );
-        if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                unsettled = tracker.len(),
-                "shutdown limit reached; unsettled events return to the queue"
-            );
-        }
-        bounded("closing the channel", channel.close(200, "shutdown".into())).await;
-        bounded("closing the connection", conn.close(200, "shutdown".into())).await;
-        if publisher_conn.status().blocked() {
-            // The broker reads nothing from a blocked connection, not even a close.
-            tracing::info!(
-                "the publisher connection is blocked by the broker; leaving it without a close"
-            );
-            return;
-        }
-        bounded(
-            "closing the publisher",
-            publisher.close(200, "shutdown".into()),
-        )
-        .await;
-        bounded(
-            "closing the publisher connection",
-            publisher_conn.close(200, "shutdown".into()),
-        )
-        .await;
     }
 }
 

@@ -194,6 +194,7 @@ async fn refused_settlements_back_off_and_the_callback_is_never_resent_in_a_loop
             exchange: env.queue.clone(),
             queue: env.queue.clone(),
             dead_queue: dead_queue.clone(),
+            partitions: 0,
         };
         topology.declare_delays(&ch, &[5000]).await.unwrap();
         conn.close(200, "".into()).await.unwrap();

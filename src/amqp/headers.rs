@@ -10,6 +10,10 @@ use crate::decide::{DeadReason, Label};
 
 /// The profile id the event names (publisher-set, required).
 pub const PROFILE: &str = "profile";
+/// Events of one profile with the same key are delivered in order (SPEC section 15).
+pub const ORDERING_KEY: &str = "ordering_key";
+/// The longest `ordering_key`, in bytes.
+pub const MAX_ORDERING_KEY: usize = 128;
 /// Attempts made so far (worker-set on republish).
 pub const ATTEMPT: &str = "x-attempt";
 /// Times the event was deferred without an attempt (worker-set, SPEC section 9).
@@ -180,6 +184,24 @@ pub fn profile(headers: Option<&FieldTable>) -> Result<String, String> {
             Some(_) => Err("the `profile` header is empty".into()),
             None => Err(format!(
                 "the `profile` header must be a string, not {}",
+                type_name(v)
+            )),
+        },
+    }
+}
+
+/// The event's `ordering_key`: `Ok(None)` without one, `Err` with a reason when it is not a
+/// string of 1 to [`MAX_ORDERING_KEY`] bytes.
+pub fn ordering_key(headers: Option<&FieldTable>) -> Result<Option<String>, String> {
+    match get(headers, ORDERING_KEY) {
+        None => Ok(None),
+        Some(v) => match as_text(v) {
+            Some(s) if !s.is_empty() && s.len() <= MAX_ORDERING_KEY => Ok(Some(s.to_owned())),
+            Some(_) => Err(format!(
+                "the `ordering_key` header must be 1 to {MAX_ORDERING_KEY} bytes"
+            )),
+            None => Err(format!(
+                "the `ordering_key` header must be a string, not {}",
                 type_name(v)
             )),
         },

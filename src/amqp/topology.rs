@@ -3,12 +3,15 @@
 //! dead-letter queue (SPEC section 5).
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ErrorKind, ExchangeKind};
 
-use super::headers::text;
+use super::headers::{ORDERING_KEY, text};
 use crate::config::{AmqpConfig, ReceiptsConfig};
+
+/// The exchange type of ordered delivery, from `rabbitmq_consistent_hash_exchange`.
+pub const ORDERED_KIND: &str = "x-consistent-hash";
 
 /// The names, derived from the `amqp` section alone. The delay queues' TTLs come from the
 /// `retry` section, which a reload may change, so they are passed in where needed.
@@ -17,6 +20,8 @@ pub struct Topology {
     pub exchange: String,
     pub queue: String,
     pub dead_queue: String,
+    /// Ordered-delivery partitions (SPEC section 15); 0 = none.
+    pub partitions: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,15 @@ pub enum TopologyError {
         name: String,
         detail: String,
     },
+    /// The broker lacks a plugin the configuration needs.
+    #[error(
+        "the broker does not know the exchange type `{kind}` that amqp.partitions needs: enable the plugin \
+         (rabbitmq-plugins enable {plugin}) or set amqp.partitions: 0"
+    )]
+    MissingPlugin {
+        kind: &'static str,
+        plugin: &'static str,
+    },
     #[error("declaring {what} `{name}`: {source}")]
     Broker {
         what: &'static str,
@@ -42,7 +56,7 @@ pub enum TopologyError {
 impl TopologyError {
     /// A conflict needs an operator; anything else may pass with a reconnect.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Conflict { .. })
+        matches!(self, Self::Conflict { .. } | Self::MissingPlugin { .. })
     }
 }
 
@@ -76,7 +90,18 @@ impl Topology {
             exchange: amqp.exchange.clone(),
             queue: amqp.queue.clone(),
             dead_queue: format!("{}.dead", amqp.queue),
+            partitions: amqp.partitions,
         }
+    }
+
+    /// The consistent-hash exchange ordered events are published to.
+    pub fn ordered_exchange(&self) -> String {
+        format!("{}.ordered", self.exchange)
+    }
+
+    /// Partition `i`'s queue.
+    pub fn partition_queue(&self, i: u16) -> String {
+        format!("{}.ordered.{i}", self.queue)
     }
 
     pub fn delay_queue(&self, ms: u64) -> String {
@@ -87,6 +112,7 @@ impl Topology {
     pub fn queues(&self, delays_ms: &[u64]) -> Vec<String> {
         let mut all = vec![self.queue.clone(), self.dead_queue.clone()];
         all.extend(delays_ms.iter().map(|&ms| self.delay_queue(ms)));
+        all.extend((0..self.partitions).map(|i| self.partition_queue(i)));
         all
     }
 
@@ -138,6 +164,66 @@ impl Topology {
             .await
             .map_err(wrap("queue", &self.dead_queue))?;
         self.declare_delays(channel, delays_ms).await
+    }
+
+    /// With `amqp.partitions`: the consistent-hash exchange hashing the `ordering_key`
+    /// header and one quorum queue per partition with a single active consumer, bound with
+    /// equal weight (SPEC section 15).
+    pub async fn declare_ordered(&self, channel: &Channel) -> Result<(), TopologyError> {
+        if self.partitions == 0 {
+            return Ok(());
+        }
+        let exchange = self.ordered_exchange();
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Custom(ORDERED_KIND.into()),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args(&[("hash-header", text(ORDERING_KEY))]),
+            )
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::ProtocolError(p)
+                    if p.kind() == &AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID) =>
+                {
+                    TopologyError::MissingPlugin {
+                        kind: ORDERED_KIND,
+                        plugin: "rabbitmq_consistent_hash_exchange",
+                    }
+                }
+                _ => wrap("exchange", &exchange)(e),
+            })?;
+        for i in 0..self.partitions {
+            let queue = self.partition_queue(i);
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    args(&[
+                        ("x-queue-type", text("quorum")),
+                        ("x-single-active-consumer", AMQPValue::Boolean(true)),
+                    ]),
+                )
+                .await
+                .map_err(wrap("queue", &queue))?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    "1".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(wrap("binding of queue", &queue))?;
+        }
+        Ok(())
     }
 
     /// The receipts exchange (topic, durable) and, with `receipts.log`, the stream queue

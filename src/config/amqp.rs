@@ -7,6 +7,9 @@ use secrecy::{ExposeSecret, SecretString};
 use super::issues::Issues;
 use super::raw::{RawAmqp, S};
 
+/// The most ordered-delivery partitions: each is a queue and a consumer.
+pub const MAX_PARTITIONS: u32 = 1024;
+
 #[derive(Debug)]
 pub struct AmqpConfig {
     /// Holds the broker password: a secret.
@@ -14,14 +17,21 @@ pub struct AmqpConfig {
     pub queue: String,
     pub exchange: String,
     pub prefetch: u16,
+    /// Ordered-delivery partitions (SPEC section 15); 0 = none.
+    pub partitions: u16,
 }
 
 impl AmqpConfig {
     /// Whether a reload could apply `other` (it cannot: changing the broker needs a restart).
     pub fn same_as(&self, other: &AmqpConfig) -> bool {
         self.url.expose_secret() == other.url.expose_secret()
-            && (&self.queue, &self.exchange, self.prefetch)
-                == (&other.queue, &other.exchange, other.prefetch)
+            && (&self.queue, &self.exchange, self.prefetch, self.partitions)
+                == (
+                    &other.queue,
+                    &other.exchange,
+                    other.prefetch,
+                    other.partitions,
+                )
     }
 }
 
@@ -47,11 +57,24 @@ pub(crate) fn validate(issues: &mut Issues, a: &RawAmqp) -> AmqpConfig {
         }
         Some(v) => v.value as u16,
     };
+    let partitions = match &a.partitions {
+        None => 0,
+        Some(v) if v.value > MAX_PARTITIONS => {
+            issues.add(
+                "amqp.partitions",
+                Some(&v.referenced),
+                format!("must be from 0 to {MAX_PARTITIONS}"),
+            );
+            0
+        }
+        Some(v) => v.value as u16,
+    };
     AmqpConfig {
         url,
         queue: name(issues, "amqp.queue", &a.queue),
         exchange: name(issues, "amqp.exchange", &a.exchange),
         prefetch,
+        partitions,
     }
 }
 

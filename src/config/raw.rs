@@ -37,6 +37,7 @@ pub(crate) struct RawAmqp {
     pub queue: Option<S<String>>,
     pub exchange: Option<S<String>>,
     pub prefetch: Option<S<u32>>,
+    pub partitions: Option<S<u32>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -44,6 +44,7 @@ impl Env {
                 queue: Some(self.queue.clone()),
                 exchange: Some(self.queue.clone()),
                 prefetch: Some(64),
+                partitions: None,
             },
             delivery: Delivery {
                 concurrency: Some(64),
@@ -199,6 +200,14 @@ impl Env {
                         ExchangeDeleteOptions::default(),
                     )
                     .await;
+                if topology.partitions > 0 {
+                    let _ = ch
+                        .exchange_delete(
+                            topology.ordered_exchange().as_str().into(),
+                            ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                }
                 let _ = conn.close(200, "".into()).await;
             });
         })

@@ -86,6 +86,8 @@ pub struct Amqp {
     pub exchange: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

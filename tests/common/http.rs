@@ -17,6 +17,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The status the script answered (0 while it is being answered).
+    pub status: u16,
 }
 
 impl Recorded {
@@ -161,6 +163,7 @@ impl Server {
                     headers: parts.headers,
                     body,
                     at: Instant::now(),
+                    status: 0,
                 };
                 let n = {
                     let mut r = recs.lock().unwrap();
@@ -168,6 +171,7 @@ impl Server {
                     r.len() - 1
                 };
                 let reply = script(n, &rec);
+                recs.lock().unwrap()[n].status = reply.status;
                 if !reply.delay.is_zero() {
                     tokio::time::sleep(reply.delay).await;
                 }

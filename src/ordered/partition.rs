@@ -1,0 +1,126 @@
+//! Consuming the partitions: one channel per partition queue, with its share of the
+//! prefetch window, whose deliveries go to their lanes ([`super::Lanes`]).
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use prometheus::IntGauge;
+use tokio_util::task::TaskTracker;
+
+use super::{Attempts, LaneKey, Lanes, OrderedEnd, lane_of, partition_prefetch};
+use crate::amqp::Topology;
+use crate::dispatch::Dispatcher;
+use crate::settle::Outlet;
+
+/// A partition being consumed: its channel (cancelled and closed at shutdown) and tag.
+pub struct Partition {
+    pub channel: Channel,
+    pub tag: String,
+    pub consumer: Consumer,
+}
+
+/// Open a channel per partition on `conn` and consume each queue. With the queues' single
+/// active consumer, only one replica at a time receives a partition's events; the others
+/// wait as standbys and take over when it goes.
+pub async fn open(
+    conn: &Connection,
+    topology: &Topology,
+    prefetch: u16,
+    tag: &str,
+) -> Result<Vec<Partition>, lapin::Error> {
+    let mut out = Vec::with_capacity(usize::from(topology.partitions));
+    for i in 0..topology.partitions {
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(
+                partition_prefetch(prefetch, topology.partitions),
+                BasicQosOptions::default(),
+            )
+            .await?;
+        let tag = format!("{tag}-p{i}");
+        let consumer = channel
+            .basic_consume(
+                topology.partition_queue(i).as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        out.push(Partition {
+            channel,
+            tag,
+            consumer,
+        });
+    }
+    Ok(out)
+}
+
+/// Everything a partition's lanes need.
+pub struct Feed {
+    pub dispatcher: Arc<Dispatcher>,
+    pub out: Arc<Outlet>,
+    pub lanes: Arc<Lanes>,
+    pub memory: Arc<Attempts>,
+    pub tracker: TaskTracker,
+}
+
+impl Feed {
+    /// Hand each delivery of `consumer` to its lane until the consumer ends (cancelled at
+    /// shutdown, or its channel lost); an idle lane's head starts a task on the tracker.
+    pub async fn run(self: Arc<Self>, mut consumer: Consumer) {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let lane = lane_of(&delivery);
+            if let Some(head) = self.lanes.arrive(&lane, delivery) {
+                let me = self.clone();
+                self.tracker.spawn(async move { me.lane(lane, head).await });
+            } else {
+                self.waiting(&lane).inc();
+            }
+        }
+    }
+
+    /// Process a lane's events one after the other, each once the one before is settled.
+    async fn lane(&self, lane: LaneKey, head: lapin::message::Delivery) {
+        let d = &self.dispatcher;
+        let mut next = Some(head);
+        while let Some(delivery) = next.take() {
+            d.metrics.inflight.inc();
+            let settler = self.out.settler(&d.settle_backoff, &d.shutdown);
+            let end = d.handle_ordered(&settler, delivery, &self.memory).await;
+            d.metrics.inflight.dec();
+            match end {
+                OrderedEnd::Settled => {
+                    next = self.lanes.next(&lane);
+                    if next.is_some() {
+                        self.waiting(&lane).dec();
+                    }
+                }
+                OrderedEnd::Left => {
+                    // Behind an unsettled head: back to the broker in order, after it.
+                    let rest = self.lanes.abandon(&lane);
+                    self.waiting(&lane).sub(rest.len() as i64);
+                    for d in rest {
+                        let _ = d
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `ordered_waiting{profile}` of the lane's profile (`(none)` for one not configured).
+    fn waiting(&self, lane: &LaneKey) -> IntGauge {
+        let d = &self.dispatcher;
+        match d.registry.load().endpoint(&lane.0) {
+            Some(ep) => ep.metrics.ordered_waiting().clone(),
+            None => d.metrics.unprofiled_waiting(),
+        }
+    }
+}

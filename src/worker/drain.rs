@@ -1,0 +1,86 @@
+//! Shutdown of a session: stop consuming, let deliveries in flight settle within the grace,
+//! close every channel and connection, each step bounded.
+
+use lapin::options::BasicCancelOptions;
+use lapin::{Channel, Connection};
+use tokio_util::task::TaskTracker;
+
+use super::{Supervisor, bounded};
+
+/// What a session consumes with.
+pub(super) struct Consuming<'a> {
+    pub conn: &'a Connection,
+    pub publisher_conn: &'a Connection,
+    pub channel: &'a Channel,
+    pub publisher: &'a Channel,
+    pub tag: &'a str,
+    /// Each partition's channel and consumer tag (SPEC section 15).
+    pub ordered: &'a [(Channel, String)],
+}
+
+impl Supervisor {
+    /// Stop consuming, give in-flight deliveries up to `delivery.timeout` to settle, close.
+    /// Events waiting for their turn go back to the queue at once; whatever has not settled
+    /// by the limit (a blocked broker cannot confirm) returns when the channel closes.
+    pub(super) async fn drain(&self, c: Consuming<'_>, tracker: &TaskTracker) {
+        let Consuming {
+            conn,
+            publisher_conn,
+            channel,
+            publisher,
+            tag,
+            ordered,
+        } = c;
+        let limit = self.dispatcher.registry.load().delivery.timeout;
+        bounded(
+            "cancelling the consumer",
+            channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+        )
+        .await;
+        for (ch, tag) in ordered {
+            bounded(
+                "cancelling a partition's consumer",
+                ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await;
+        }
+        self.dispatcher.shutdown.cancel();
+        tracing::info!(
+            in_flight = tracker.len(),
+            limit_ms = limit.as_millis() as u64,
+            "shutting down: settling deliveries in flight"
+        );
+        if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                unsettled = tracker.len(),
+                "shutdown limit reached; unsettled events return to the queue"
+            );
+        }
+        bounded("closing the channel", channel.close(200, "shutdown".into())).await;
+        for (ch, _) in ordered {
+            bounded(
+                "closing a partition's channel",
+                ch.close(200, "shutdown".into()),
+            )
+            .await;
+        }
+        bounded("closing the connection", conn.close(200, "shutdown".into())).await;
+        if publisher_conn.status().blocked() {
+            // The broker reads nothing from a blocked connection, not even a close.
+            tracing::info!(
+                "the publisher connection is blocked by the broker; leaving it without a close"
+            );
+            return;
+        }
+        bounded(
+            "closing the publisher",
+            publisher.close(200, "shutdown".into()),
+        )
+        .await;
+        bounded(
+            "closing the publisher connection",
+            publisher_conn.close(200, "shutdown".into()),
+        )
+        .await;
+    }
+}
