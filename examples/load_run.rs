@@ -113,6 +113,10 @@ struct Load {
     concurrency: usize,
     /// Receipts and the delivery log on (to `<queue>.receipts`).
     receipts: bool,
+    /// Ordered delivery: `amqp.partitions` and the number of keys events are spread over
+    /// (round robin); 0 partitions = unordered.
+    partitions: u16,
+    keys: usize,
 }
 
 struct Round {
@@ -178,9 +182,10 @@ async fn run_round(
         .local_addr()?
         .port();
     let yaml = format!(
-        "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\n{}profiles:\n{}",
+        "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}, partitions: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\n{}profiles:\n{}",
         amqp_url(),
         load.prefetch,
+        load.partitions,
         load.concurrency,
         std::env::var("LOAD_DELIVERY_EXTRA").unwrap_or_default(),
         if load.receipts {
@@ -199,26 +204,41 @@ async fn run_round(
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     topology.declare(&ch, &delays).await?;
+    topology.declare_ordered(&ch).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let (exchange, routing_key) = if load.partitions > 0 {
+        (topology.ordered_exchange(), String::new())
+    } else {
+        (queue.clone(), queue.clone())
+    };
     let mut body = br#"{"event":"load","pad":""#.to_vec();
     body.resize(510, b'x');
     body.extend_from_slice(br#""}"#);
     for chunk in load.events.chunks(5000) {
         let mut pending = Vec::with_capacity(chunk.len());
-        for (profile, id) in chunk {
+        for (n, (profile, id)) in chunk.iter().enumerate() {
             let mut headers = FieldTable::default();
             headers.insert(
                 "profile".into(),
                 AMQPValue::LongString(LongString::from(profile.as_str())),
             );
+            if load.partitions > 0 {
+                headers.insert(
+                    "ordering_key".into(),
+                    AMQPValue::LongString(LongString::from(format!(
+                        "key-{}",
+                        n % load.keys.max(1)
+                    ))),
+                );
+            }
             let props = BasicProperties::default()
                 .with_message_id(id.as_str().into())
                 .with_delivery_mode(2)
                 .with_headers(headers);
             pending.push(
                 ch.basic_publish(
-                    queue.as_str().into(),
-                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,
                     props,
@@ -342,6 +362,13 @@ async fn run_round(
         ExchangeDeleteOptions::default(),
     )
     .await?;
+    if load.partitions > 0 {
+        ch.exchange_delete(
+            topology.ordered_exchange().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    }
     if load.receipts {
         let receipts = format!("{queue}.receipts");
         ch.queue_delete(
@@ -439,6 +466,8 @@ async fn main() -> anyhow::Result<()> {
         prefetch: 256,
         concurrency: 256,
         receipts: false,
+        partitions: 0,
+        keys: 0,
     };
     if scenario == "all" || scenario == "throughput" {
         let (ratio, rate, rss) = compare(
@@ -470,6 +499,8 @@ async fn main() -> anyhow::Result<()> {
             prefetch: 256,
             concurrency: 256,
             receipts: false,
+            partitions: 0,
+            keys: 0,
         };
         let (ratio, rate, _) = compare(
             "profiles",
@@ -510,6 +541,8 @@ async fn main() -> anyhow::Result<()> {
             prefetch: 64,
             concurrency: 32,
             receipts: false,
+            partitions: 0,
+            keys: 0,
         };
         let beside = Load {
             profiles,
@@ -517,6 +550,8 @@ async fn main() -> anyhow::Result<()> {
             prefetch: 64,
             concurrency: 32,
             receipts: false,
+            partitions: 0,
+            keys: 0,
         };
         let (ratio, rate, _) = compare(
             "protection",
@@ -554,6 +589,52 @@ async fn main() -> anyhow::Result<()> {
             "receipts: worker with a receipt per event and the delivery log median {rate:.0} events/s, peak RSS {rss:.1} MiB"
         );
         println!("ratio_receipts_vs_off={ratio:.3}");
+    }
+    if scenario == "all" || scenario == "ordered" {
+        let keyed = |partitions, keys| Load {
+            profiles: one.profiles.clone(),
+            events: one.events.clone(),
+            partitions,
+            keys,
+            ..one
+        };
+        let spread = keyed(8, 1000);
+        let (ratio, rate, _) = compare(
+            "ordered",
+            rounds,
+            (
+                "ordered, 1000 keys over 8 partitions",
+                Consumer::Worker,
+                &spread,
+            ),
+            ("unordered", Consumer::Worker, &one),
+            &base,
+            &seen,
+            &dir,
+        )
+        .await?;
+        println!("ordered: 1000 keys over 8 partitions median {rate:.0} events/s");
+        println!("ratio_ordered_vs_unordered={ratio:.3}");
+        let hot = Load {
+            events: one.events[..one.events.len().min(3000)].to_vec(),
+            ..keyed(8, 1)
+        };
+        let cold = Load {
+            events: hot.events.clone(),
+            ..keyed(0, 0)
+        };
+        let (ratio, rate, _) = compare(
+            "hot key",
+            1,
+            ("one key", Consumer::Worker, &hot),
+            ("unordered", Consumer::Worker, &cold),
+            &base,
+            &seen,
+            &dir,
+        )
+        .await?;
+        println!("hot key: all events on one key {rate:.0} events/s (one at a time)");
+        println!("ratio_one_key_vs_unordered={ratio:.3}");
     }
     if std::env::var_os("LOAD_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
