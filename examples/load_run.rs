@@ -117,6 +117,20 @@ struct Load {
     /// (round robin); 0 partitions = unordered.
     partitions: u16,
     keys: usize,
+    /// Measure from the worker's start rather than from the first measured delivery (the
+    /// backlog scenario: what is in front of the measured events is the point).
+    from_start: bool,
+}
+
+impl Load {
+    /// The same settings, no events or profiles.
+    fn clone_settings(&self) -> Load {
+        Load {
+            profiles: String::new(),
+            events: Vec::new(),
+            ..*self
+        }
+    }
 }
 
 struct Round {
@@ -258,6 +272,7 @@ async fn run_round(
     *seen.lock().unwrap() = Seen::default();
 
     let log = std::fs::File::create(dir.join(format!("{queue}.log")))?;
+    let spawned = Instant::now();
     let mut child: Child = match kind {
         Consumer::Worker => Command::new(binary("callback-dispatcher")?)
             .args(["run", "--config"])
@@ -380,8 +395,13 @@ async fn run_round(
             .await?;
     }
     conn.close(200, "done".into()).await?;
+    let rate = if load.from_start {
+        measured as f64 / (last - spawned).as_secs_f64()
+    } else {
+        (measured - 1) as f64 / (last - first).as_secs_f64()
+    };
     Ok(Round {
-        rate: (measured - 1) as f64 / (last - first).as_secs_f64(),
+        rate,
         rss_mib: rss,
         cpu_us: cpu * 1e6 / load.events.len() as f64,
     })
@@ -468,6 +488,7 @@ async fn main() -> anyhow::Result<()> {
         receipts: false,
         partitions: 0,
         keys: 0,
+        from_start: false,
     };
     if scenario == "all" || scenario == "throughput" {
         let (ratio, rate, rss) = compare(
@@ -501,6 +522,7 @@ async fn main() -> anyhow::Result<()> {
             receipts: false,
             partitions: 0,
             keys: 0,
+            from_start: false,
         };
         let (ratio, rate, _) = compare(
             "profiles",
@@ -543,6 +565,7 @@ async fn main() -> anyhow::Result<()> {
             receipts: false,
             partitions: 0,
             keys: 0,
+            from_start: false,
         };
         let beside = Load {
             profiles,
@@ -552,6 +575,7 @@ async fn main() -> anyhow::Result<()> {
             receipts: false,
             partitions: 0,
             keys: 0,
+            from_start: false,
         };
         let (ratio, rate, _) = compare(
             "protection",
@@ -635,6 +659,52 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         println!("hot key: all events on one key {rate:.0} events/s (one at a time)");
         println!("ratio_one_key_vs_unordered={ratio:.3}");
+    }
+    if scenario == "backlog" {
+        // A slow customer's backlog queued ahead of a fast one's events (issue: isolation
+        // under a deep backlog). LOAD_BACKLOG=2000,20000 by default.
+        let backlogs: Vec<usize> = std::env::var("LOAD_BACKLOG")
+            .unwrap_or_else(|_| "2000,20000".into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        let profiles = format!(
+            "{}{}",
+            oauth_profile("fast", &base, "/cb"),
+            oauth_profile("slow", &base, "/hang")
+        );
+        let alone = Load {
+            profiles: profiles.clone(),
+            events: measured(&|_| "fast".into()),
+            from_start: true,
+            ..one.clone_settings()
+        };
+        for backlog in backlogs {
+            let mut events: Vec<(String, String)> = (0..backlog)
+                .map(|i| ("slow".to_owned(), format!("s{i}")))
+                .collect();
+            events.extend(alone.events.iter().cloned());
+            let beside = Load {
+                profiles: profiles.clone(),
+                events,
+                from_start: true,
+                ..one.clone_settings()
+            };
+            let (ratio, rate, _) = compare(
+                &format!("backlog {backlog}"),
+                rounds,
+                ("beside the backlog", Consumer::Worker, &beside),
+                ("alone", Consumer::Worker, &alone),
+                &base,
+                &seen,
+                &dir,
+            )
+            .await?;
+            println!(
+                "backlog: fast profile with {backlog} slow events (4.5 s each, timeout 5 s) queued ahead median {rate:.0} events/s from start"
+            );
+            println!("ratio_beside_backlog_{backlog}={ratio:.3}");
+        }
     }
     if std::env::var_os("LOAD_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -75,6 +75,8 @@ pub struct Stats {
     /// `saturated_at_us`.
     saturated: AtomicBool,
     saturated_at_us: AtomicU64,
+    /// Until when the events deferred so far for a slot have booked the profile's slots.
+    booked_until_us: AtomicU64,
 }
 
 impl Stats {
@@ -97,6 +99,30 @@ impl Stats {
 pub fn expected_wait(typical: Duration, ahead: usize, slots: usize) -> Duration {
     let rounds = ahead / slots.max(1) + 1;
     typical.saturating_mul(rounds as u32)
+}
+
+/// A deferral for a concurrency slot, booked behind the ones before it: the event's turn
+/// comes no sooner than its own expected wait and after every event deferred before it, each
+/// of which holds a slot for `typical` (so `slots` of them per `typical`). Returns the wait
+/// and the new end of the bookings. Pure.
+///
+/// Without it, every event of a slow profile's backlog would be deferred for the same short
+/// wait, come back together and be deferred again, over and over: each event is now
+/// deferred about once, for the wait its place in the whole backlog implies.
+pub fn book(
+    now_us: u64,
+    booked_until_us: u64,
+    wait: Duration,
+    typical: Duration,
+    slots: usize,
+) -> (Duration, u64) {
+    let own = now_us.saturating_add(wait.as_micros() as u64);
+    let start = own.max(booked_until_us);
+    let each = (typical.as_micros() as u64) / (slots.max(1) as u64);
+    (
+        Duration::from_micros(start - now_us),
+        start.saturating_add(each),
+    )
 }
 
 /// Why an event is not attempted now.
@@ -476,6 +502,25 @@ impl Gate {
         self.left(window, tokio::time::Instant::now())
     }
 
+    /// Book a deferred event's turn for a slot behind those deferred before it ([`book`]).
+    fn book(&self, wait: Duration, typical: Duration) -> Duration {
+        let now = micros(Instant::now());
+        let slots = self.slots();
+        let mut booked = self.stats.booked_until_us.load(Ordering::Relaxed);
+        loop {
+            let (wait, until) = book(now, booked, wait, typical, slots);
+            match self.stats.booked_until_us.compare_exchange_weak(
+                booked,
+                until,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return wait,
+                Err(current) => booked = current,
+            }
+        }
+    }
+
     /// An event is deferred: if its profile is within its share, it cannot use more of the
     /// window and stops counting for the fair share (until [`Gate::counts_again`]).
     fn saturate(&self, window: &Window) {
@@ -539,7 +584,7 @@ impl Gate {
                     let typical = self.stats.typical(Instant::now());
                     let wait = expected_wait(typical, ahead, self.slots());
                     if !may_wait(wait) {
-                        return Err(defer(DeferReason::Concurrency, wait));
+                        return Err(defer(DeferReason::Concurrency, self.book(wait, typical)));
                     }
                     let look_again =
                         tokio::time::Instant::now() + self.left(window, since).min(RECHECK);

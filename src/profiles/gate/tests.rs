@@ -20,6 +20,30 @@ fn expected_wait_table() {
     }
 }
 
+#[test]
+fn deferrals_book_their_turns_one_after_the_other() {
+    let ms = Duration::from_millis;
+    let us = |d: Duration| d.as_micros() as u64;
+    // A profile of 4 slots whose attempts take 4 s: each deferral books 1 s more.
+    let (typical, slots, now) = (ms(4000), 4, us(ms(10_000)));
+    let mut booked = 0;
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let (wait, until) = book(now, booked, ms(4000), typical, slots);
+        waits.push(wait.as_millis());
+        booked = until;
+    }
+    assert_eq!(waits, [4000, 5000, 6000, 7000, 8000, 9000]);
+    // Bookings that have passed do not delay anyone.
+    let (wait, _) = book(now + us(ms(60_000)), booked, ms(1500), typical, slots);
+    assert_eq!(wait, ms(1500));
+    // A longer own wait wins over an earlier end of the bookings.
+    let (wait, until) = book(now, now + us(ms(100)), ms(2000), typical, slots);
+    assert_eq!((wait, until), (ms(2000), now + us(ms(3000))));
+    // No slots is read as one.
+    assert_eq!(book(0, 0, ms(10), ms(400), 0), (ms(10), us(ms(410))));
+}
+
 fn gate(limit: usize, rate: Option<&str>, failures: u32) -> Gate {
     Gate::new(
         limit,
