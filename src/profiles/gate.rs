@@ -30,7 +30,7 @@
 //!   `open_for` is over the deployment decides who probes; each attempt's result that matters
 //!   to the shared breaker is reported in the background ([`Gate::share_result`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,14 +38,13 @@ use futures_util::FutureExt;
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
-use super::breaker::{Admit, Breaker, BreakerState, Change, Health};
+use super::breaker::{Admit, Breaker};
 use super::endpoint::{By, announce};
-use super::slots::{Slot, Slots};
+use super::slots::Slots;
 use super::window::{RECENT, Window, micros};
-use crate::cluster::{Cluster, RateAnswer};
+use crate::cluster::RateAnswer;
 use crate::config::{BreakerSettings, RateLimit};
 use crate::decide::DeferReason;
-use crate::metrics::ProfileMetrics;
 
 /// The longest an event waits in memory before it is deferred.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
@@ -59,71 +58,6 @@ type Bucket = RateLimiter<
     governor::state::InMemoryState,
     governor::clock::QuantaClock,
 >;
-
-/// How a profile's attempts are going.
-#[derive(Debug, Default)]
-pub struct Stats {
-    in_hand: AtomicUsize,
-    waiting: AtomicUsize,
-    rate_waiting: AtomicUsize,
-    in_flight: AtomicUsize,
-    /// Moving average of attempt durations, microseconds.
-    average_us: AtomicU64,
-    /// When an attempt last finished, or the first one started after none were out.
-    progress_at_us: AtomicU64,
-    /// Counted in [`Window`]'s `saturated`: it deferred an event within its share, last at
-    /// `saturated_at_us`.
-    saturated: AtomicBool,
-    saturated_at_us: AtomicU64,
-    /// Until when the events deferred so far for a slot have booked the profile's slots.
-    booked_until_us: AtomicU64,
-}
-
-impl Stats {
-    /// The typical attempt time as things stand.
-    fn typical(&self, now: Instant) -> Duration {
-        let average = Duration::from_micros(self.average_us.load(Ordering::Relaxed));
-        let stalled = if self.in_flight.load(Ordering::Relaxed) > 0 {
-            Duration::from_micros(
-                micros(now).saturating_sub(self.progress_at_us.load(Ordering::Relaxed)),
-            )
-        } else {
-            Duration::ZERO
-        };
-        average.max(stalled)
-    }
-}
-
-/// The expected wait for a slot when `ahead` events wait before this one for `slots` slots
-/// of attempts that take `typical` each. Pure.
-pub fn expected_wait(typical: Duration, ahead: usize, slots: usize) -> Duration {
-    let rounds = ahead / slots.max(1) + 1;
-    typical.saturating_mul(rounds as u32)
-}
-
-/// A deferral for a concurrency slot, booked behind the ones before it: the event's turn
-/// comes no sooner than its own expected wait and after every event deferred before it, each
-/// of which holds a slot for `typical` (so `slots` of them per `typical`). Returns the wait
-/// and the new end of the bookings. Pure.
-///
-/// Without it, every event of a slow profile's backlog would be deferred for the same short
-/// wait, come back together and be deferred again, over and over: each event is now
-/// deferred about once, for the wait its place in the whole backlog implies.
-pub fn book(
-    now_us: u64,
-    booked_until_us: u64,
-    wait: Duration,
-    typical: Duration,
-    slots: usize,
-) -> (Duration, u64) {
-    let own = now_us.saturating_add(wait.as_micros() as u64);
-    let start = own.max(booked_until_us);
-    let each = (typical.as_micros() as u64) / (slots.max(1) as u64);
-    (
-        Duration::from_micros(start - now_us),
-        start.saturating_add(each),
-    )
-}
 
 /// Why an event is not attempted now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,54 +78,6 @@ fn new_bucket(interval: Duration, burst: u32) -> Arc<Bucket> {
     Arc::new(RateLimiter::direct(quota))
 }
 
-/// What a profile's gate shares with the other replicas (SPEC section 13).
-#[derive(Clone)]
-pub struct Shared {
-    pub cluster: Arc<Cluster>,
-    pub profile: Arc<str>,
-    /// How long the deployment's probe is this replica's at most: the attempt's timeout and
-    /// a margin. If the replica dies meanwhile, another may probe after it.
-    pub probe_lease: Duration,
-    /// For breaker changes learnt from the other replicas.
-    pub metrics: Arc<ProfileMetrics>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("profile", &self.profile)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, Default)]
-struct Reporting {
-    out: AtomicUsize,
-    done: tokio::sync::Notify,
-}
-
-impl Reporting {
-    /// Until no report is out, or the longest a report may take.
-    async fn settled(&self) {
-        if self.out.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + crate::cluster::CALL_TIMEOUT;
-        loop {
-            let done = self.done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if self.out.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            tokio::select! {
-                () = done => {}
-                () = tokio::time::sleep_until(deadline) => return,
-            }
-        }
-    }
-}
-
 /// One profile's protection.
 #[derive(Debug)]
 pub struct Gate {
@@ -210,117 +96,6 @@ pub struct Gate {
     reporting: Arc<Reporting>,
     stats: Arc<Stats>,
     shared: Option<Shared>,
-}
-
-/// An event of this profile held in memory (from consume to settlement), for the fair share.
-pub struct Hold {
-    stats: Arc<Stats>,
-    window: Arc<Window>,
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        if self.stats.in_hand.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.window.active.fetch_sub(1, Ordering::AcqRel);
-            if self.stats.saturated.swap(false, Ordering::AcqRel) {
-                self.window.saturated.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
-}
-
-/// Leave to attempt: a concurrency slot (and the probe, if it is one) until `finish`.
-pub struct Pass {
-    _slot: Slot,
-    probe: bool,
-    started: Instant,
-    stats: Arc<Stats>,
-    breaker: Arc<Mutex<Breaker>>,
-    shared: Option<Shared>,
-    finished: bool,
-}
-
-impl Pass {
-    /// Whether this attempt is its breaker's probe.
-    pub fn is_probe(&self) -> bool {
-        self.probe
-    }
-
-    /// The attempt is over: teach the statistics and the breaker. Returns a breaker change
-    /// worth logging, and whether the breaker is open now.
-    pub fn finish(mut self, health: Health) -> (Change, bool) {
-        self.finished = true;
-        let now = Instant::now();
-        let took = now - self.started;
-        let s = &self.stats;
-        let old = s.average_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            took.as_micros() as u64
-        } else {
-            (old * 4 + took.as_micros() as u64) / 5
-        };
-        s.average_us.store(new, Ordering::Relaxed);
-        s.progress_at_us.store(micros(now), Ordering::Relaxed);
-        s.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let mut b = self.breaker.lock().expect("breaker lock");
-        (b.record(self.probe, health, now), b.is_open())
-    }
-}
-
-impl Drop for Pass {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
-            if self.probe {
-                hand_back_probe(&self.breaker, self.shared.as_ref());
-            }
-        }
-    }
-}
-
-/// A probe that will not be attempted after all: the next event (here or, with a cluster,
-/// on any replica) probes instead.
-fn hand_back_probe(breaker: &Mutex<Breaker>, shared: Option<&Shared>) {
-    let settings = {
-        let mut b = breaker.lock().expect("breaker lock");
-        b.record(true, Health::Unknown, Instant::now());
-        b.settings()
-    };
-    if let Some(s) = shared.filter(|s| s.cluster.is_up()) {
-        let s = s.clone();
-        tokio::spawn(async move {
-            s.cluster
-                .probe_result(&s.profile, Health::Unknown, settings.open_for)
-                .await;
-        });
-    }
-}
-
-/// One more in a counter for as long as it lives.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn new(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        Self(counter)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Hands the probe back if the event is not attempted after all.
-struct ProbeGuard<'a>(Option<(&'a Mutex<Breaker>, Option<&'a Shared>)>);
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if let Some((breaker, shared)) = self.0 {
-            hand_back_probe(breaker, shared);
-        }
-    }
 }
 
 impl Gate {
@@ -402,78 +177,6 @@ impl Gate {
                 (interval, b)
             }
         }
-    }
-
-    /// Take in the deployment's breaker (from a heartbeat); a change to log and show.
-    pub fn adopt(&self, shared: BreakerState) -> (Change, bool) {
-        let mut b = self.breaker.lock().expect("breaker lock");
-        (b.adopt(shared, Instant::now()), b.is_open())
-    }
-
-    /// Tell the other replicas what an attempt showed, in the background: a probe's result;
-    /// a failure (`opened_here`: this replica's own count opened its breaker); the first
-    /// success after this replica's failures. Nothing for other results, nothing without a
-    /// cluster or a breaker.
-    pub fn share_result(&self, probe: bool, health: Health, opened_here: bool, last_error: &str) {
-        let Some(shared) = self.shared_up() else {
-            return;
-        };
-        let settings = self.breaker.lock().expect("breaker lock").settings();
-        if settings.failures == 0 || health == Health::Unknown && !probe {
-            return;
-        }
-        if !probe {
-            let down = health == Health::Down;
-            if !down && !self.reported_down.swap(false, Ordering::AcqRel) {
-                return; // the usual case: a success after successes
-            }
-            if down {
-                self.reported_down.store(true, Ordering::Release);
-            }
-        }
-        let (shared, breaker) = (shared.clone(), self.breaker.clone());
-        let last_error = last_error.to_owned();
-        let reporting = (!probe && health == Health::Down).then(|| {
-            self.reporting.out.fetch_add(1, Ordering::AcqRel);
-            self.reporting.clone()
-        });
-        tokio::spawn(async move {
-            let (state, by) = if probe {
-                let state = shared
-                    .cluster
-                    .probe_result(&shared.profile, health, settings.open_for)
-                    .await;
-                (state, By::AnotherReplica)
-            } else {
-                let report = shared
-                    .cluster
-                    .report(&shared.profile, health, settings, opened_here)
-                    .await;
-                let by = match report {
-                    Some(r) if r.opened => By::ThisReplica,
-                    _ => By::AnotherReplica,
-                };
-                (report.map(|r| r.state), by)
-            };
-            if let Some(state) = state {
-                let (change, open) = {
-                    let mut b = breaker.lock().expect("breaker lock");
-                    (b.adopt(state, Instant::now()), b.is_open())
-                };
-                announce(
-                    &shared.profile,
-                    &shared.metrics,
-                    change,
-                    open,
-                    by,
-                    &last_error,
-                );
-            }
-            if let Some(r) = reporting {
-                r.out.fetch_sub(1, Ordering::AcqRel);
-                r.done.notify_waiters();
-            }
-        });
     }
 
     pub fn hold(&self, window: &Arc<Window>) -> Hold {
@@ -698,6 +401,17 @@ impl Gate {
         })
     }
 }
+
+mod pass;
+mod shared;
+mod wait;
+
+use pass::{Counted, ProbeGuard};
+pub use pass::{Hold, Pass};
+
+use shared::Reporting;
+pub use shared::Shared;
+pub use wait::{Stats, book, expected_wait};
 
 #[cfg(test)]
 mod tests;

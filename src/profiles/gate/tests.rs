@@ -1,4 +1,5 @@
 use super::*;
+use crate::profiles::breaker::{Change, Health};
 
 #[test]
 fn expected_wait_table() {
