@@ -16,7 +16,11 @@
 //! - Fetching is single-flight across replicas: `SET <key>:lock <fence> NX PX`, fetch, write
 //!   the token, release the lock with a compare-and-delete of the fence (Lua). Others poll the
 //!   token key, bounded by the auth timeout; when the holder died (the lock outlives it) or
-//!   failed, they take the lock themselves or, past the bound, fetch on their own.
+//!   failed, they take the lock themselves or, past the bound, fetch on their own. A Redis
+//!   call that times out while another replica is known to be fetching is waited out within
+//!   that bound, and a first call that times out is tried once more: on a busy machine a
+//!   slow answer from Redis must not mean a second request to the customer's auth server.
+//!   A refused connection (Redis down) still means fetching here at once.
 //! - A 401 deletes the shared token only if it is still the rejected one (compare-and-delete).
 //! - Redis is never waited on for long: every call has a short timeout, and any failure means
 //!   this replica fetches for itself (counted in `token_cache_errors_total`, logged at warn).
@@ -104,6 +108,17 @@ enum Failure {
     Timeout(Duration),
     #[error("a stored token does not decrypt (another encryption key?)")]
     Undecryptable,
+}
+
+impl Failure {
+    /// No answer in time (as opposed to a refusal or an error).
+    fn is_timeout(&self) -> bool {
+        match self {
+            Self::Timeout(_) => true,
+            Self::Redis(e) => e.is_timeout(),
+            Self::Undecryptable => false,
+        }
+    }
 }
 
 impl SharedTokens {
@@ -285,10 +300,24 @@ impl SharedTokens {
         let lock = format!("{key}:lock");
         let fence = uuid::Uuid::new_v4().to_string();
         let deadline = Instant::now() + src.timeout;
+        // Another replica holds the fetch lock: a slow call while waiting for its token is
+        // waited out (a busy machine), not a reason to ask the auth server a second time.
+        let mut others_fetching = false;
+        // One slow first call is tried again before this replica goes on its own.
+        let mut retried = false;
         loop {
             match self.read(&key, src.oauth.refresh_before_expiry).await {
                 Ok(Some(token)) => return Ok((token, true)),
                 Ok(None) => {}
+                Err(e)
+                    if e.is_timeout()
+                        && Instant::now() < deadline
+                        && (others_fetching || !retried) =>
+                {
+                    retried = true;
+                    tracing::debug!(profile = src.profile, error = %e, "shared token cache slow; reading again");
+                    continue;
+                }
                 Err(e) => {
                     self.failed(src, "reading", &e);
                     return fetch(src).await.map(|t| (t, false));
@@ -316,7 +345,13 @@ impl SharedTokens {
                     }
                     return result;
                 }
-                Ok(None) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                Ok(None) if Instant::now() < deadline => {
+                    others_fetching = true;
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) if e.is_timeout() && others_fetching && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await;
+                }
                 Ok(None) => {
                     tracing::warn!(
                         profile = src.profile,
