@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite needs besides RabbitMQ: redis-server (the shared token cache's tests
-# start their own on a free port), Authlib (a real OAuth 2.0 server implementation the
+# start their own on a free port), tinyproxy (the egress proxy's tests start their own on a
+# free port with a configuration they write), Authlib (a real OAuth 2.0 server implementation the
 # Basic-header test runs against) and stress-ng (to run the suite with a core kept busy, as
 # a loaded machine would: `stress-ng --cpu 1 --timeout 30m &`). Installs what is missing:
 # Debian/Ubuntu packages as root, Authlib with pip. Idempotent.
@@ -18,6 +19,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server || { echo "ensure-test-tools: redis-server is missing; install Redis 6+" >&2; exit 1; }
 fi
 
+if ! command -v tinyproxy >/dev/null 2>&1; then
+  echo "ensure-test-tools: installing tinyproxy"
+  # The binary alone where the distribution splits it off (no system service to start).
+  apt_install tinyproxy-bin || apt_install tinyproxy || { echo "ensure-test-tools: tinyproxy is missing; install it (a forward proxy)" >&2; exit 1; }
+fi
+
 if ! python3 -c "import authlib" >/dev/null 2>&1; then
   echo "ensure-test-tools: installing Authlib"
   python3 -m pip install --quiet authlib >/dev/null 2>&1 \
@@ -29,4 +36,4 @@ if ! command -v stress-ng >/dev/null 2>&1; then
   # Optional: the suite itself does not need it.
   apt_install stress-ng || echo "ensure-test-tools: stress-ng is missing (optional; install it to test under load)" >&2
 fi
-echo "ensure-test-tools: redis-server, Authlib and stress-ng present"
+echo "ensure-test-tools: redis-server, tinyproxy, Authlib and stress-ng present"

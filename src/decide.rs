@@ -22,7 +22,10 @@ use std::time::Duration;
 use crate::retry::{RetryPlan, RetryPolicy};
 
 mod classify;
-pub use classify::{Answer, Reading, Unanswered, auth_failed, classify};
+pub use classify::{Answer, Reading, Unanswered, auth_failed, classify, proxy_failed};
+
+/// How long an event waits after its proxy failed, before it is tried again.
+pub const PROXY_WAIT: Duration = Duration::from_secs(5);
 
 /// The name an outcome has in headers, log lines and metric labels.
 pub trait Label: Copy + 'static {
@@ -78,7 +81,11 @@ label_enum!(
 );
 label_enum!(
     /// Why an event was put back without an attempt (`deferrals_total{reason}`).
-    DeferReason { Concurrency => "concurrency", RateLimit => "rate_limit", CircuitOpen => "circuit_open" }
+    DeferReason {
+        Concurrency => "concurrency", RateLimit => "rate_limit", CircuitOpen => "circuit_open",
+        /// The proxy failed: the event was not attempted (SPEC section 17).
+        Proxy => "proxy",
+    }
 );
 label_enum!(
     /// A settled event's outcome (`deliveries_total{outcome}`).
@@ -147,6 +154,11 @@ pub enum AttemptResult {
     },
     /// The network guard refused the callback URL's address.
     Blocked {
+        error: String,
+    },
+    /// The proxy failed (unreachable, 407, its own answer to `CONNECT`): nothing reached the
+    /// endpoint, so this was no attempt (SPEC section 17).
+    ProxyFailed {
         error: String,
     },
 }
@@ -290,6 +302,21 @@ pub fn decide(
                 AttemptResult::Blocked { error } => {
                     dead(DeadReason::BlockedDestination, None, error)
                 }
+                // Not the customer's failure: no attempt spent, deferred like an event that
+                // was not admitted.
+                AttemptResult::ProxyFailed { .. } if policy.expired(facts.age) => {
+                    Settlement::DeadLetter {
+                        reason: DeadReason::Expired,
+                        status: None,
+                        error: expired_error(),
+                        attempts: attempts_before,
+                    }
+                }
+                AttemptResult::ProxyFailed { .. } => Settlement::Defer {
+                    plan: policy.defer_plan(PROXY_WAIT, declared),
+                    reason: DeferReason::Proxy,
+                    deferrals: facts.deferrals_before.saturating_add(1),
+                },
                 AttemptResult::Retryable {
                     failure,
                     retry_after,

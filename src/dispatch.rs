@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::amqp::RetryState;
+use crate::auth::AuthError;
 use crate::auth::slot::TokenError;
 use crate::decide::{
-    Case, DeferReason, Facts, Health, Label, Reading, Settlement, auth_failed, classify, decide,
+    self, AttemptResult, Case, DeferReason, Facts, Health, Label, Reading, Settlement, auth_failed,
+    classify, decide,
 };
 use crate::event::{self, Event};
 use crate::metrics::{Metrics, NO_PROFILE};
@@ -288,6 +290,13 @@ impl Dispatcher {
                     ep.metrics.attempt(reading.class, None);
                     return Ok(reading);
                 }
+                Err(TokenError::Failed { ref error, .. })
+                    if let AuthError::Proxy(failure) = &**error =>
+                {
+                    // The proxy failed: no attempt, deferred by `decide` (SPEC section 17).
+                    ep.proxy_failed(failure);
+                    return Ok(decide::proxy_failed(failure.clone()));
+                }
                 Err(TokenError::Failed { error, requested }) => {
                     // Only the request itself counts for the breaker, once (SPEC section 4).
                     let health = if requested {
@@ -313,6 +322,11 @@ impl Dispatcher {
             )
             .await;
             let reading = classify(answer);
+            if let AttemptResult::ProxyFailed { error } = &reading.result {
+                ep.proxy_failed(error);
+                return Ok(reading);
+            }
+            ep.proxy_worked();
             ep.metrics.attempt(reading.class, Some(took));
             match credential.and_then(|c| c.token) {
                 Some(token) if reading.refresh && !refreshed => {

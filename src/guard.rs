@@ -25,7 +25,9 @@
 //!   prefix carved from it), 6to4 `2002::/16` (bits 16 to 48) and Teredo `2001::/32` (the
 //!   client's address: the last 32 bits inverted). Teredo itself is not blocked: a Teredo
 //!   address stands for its client, and the client's address decides.
-//! - Proxies are off (`no_proxy`): a proxy would resolve names where the guard cannot see.
+//! - Proxies from the environment are off (`no_proxy`): a proxy would resolve names where the
+//!   guard cannot see. The configured egress proxy (SPEC section 17) is asked to connect to an
+//!   address [`Guard::vetted`] returned, never to a name ([`crate::proxy`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
@@ -293,7 +295,29 @@ impl Guard {
     }
 }
 
-/// The HTTP clients' DNS resolver: the system's answer, checked address by address.
+impl Guard {
+    /// Every address `host` resolves to (an IP literal is its own), with `port`, each
+    /// allowed; one blocked address refuses the whole answer ([`Blocked`] in the error).
+    pub async fn vetted(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port)).await?.collect(),
+        };
+        if addrs.is_empty() {
+            return Err(format!("{host} resolves to no address").into());
+        }
+        for a in &addrs {
+            self.check(a.ip())?;
+        }
+        Ok(addrs)
+    }
+}
+
+/// The direct HTTP clients' DNS resolver: the system's answer, checked address by address.
 #[derive(Debug, Clone)]
 pub struct Resolver(pub Guard);
 
@@ -301,11 +325,7 @@ impl reqwest::dns::Resolve for Resolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let guard = self.0.clone();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            for a in &addrs {
-                guard.check(a.ip())?;
-            }
+            let addrs = guard.vetted(name.as_str(), 0).await?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }

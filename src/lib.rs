@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod ops;
 pub mod ordered;
 pub mod profiles;
+pub mod proxy;
 pub mod receipts;
 pub mod reload;
 pub mod retry;

@@ -62,6 +62,8 @@ pub struct Metrics {
     /// Operator events (SPEC section 14): the changes these metrics show, also told as
     /// events when `receipts.exchange` is set.
     pub notices: Notices,
+    /// Attempts the proxy failed (SPEC section 17).
+    pub proxy_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,6 +170,11 @@ impl Metrics {
             )
             .unwrap(),
             notices: Notices::default(),
+            proxy_errors: counter_vec(
+                "proxy_errors_total",
+                "Attempts the proxy failed (unreachable, 407, its own answer to CONNECT); the event was deferred, not attempted.",
+                &["profile"],
+            ),
             registry: Registry::new(),
             headers: Vec::new(),
         };
@@ -190,6 +197,7 @@ impl Metrics {
             (Box::new(m.settle_failures.clone()), "counter"),
             (Box::new(m.receipts_failed.clone()), "counter"),
             (Box::new(m.ordered_waiting.clone()), "gauge"),
+            (Box::new(m.proxy_errors.clone()), "counter"),
         ];
         for (c, kind) in collectors {
             for d in c.desc() {
@@ -267,7 +275,8 @@ pub struct ProfileMetrics {
     deliveries: Children<DeliveryOutcome, 3>,
     attempts: Children<AttemptClass, 7>,
     tokens: Children<TokenOutcome, 2>,
-    deferrals: Children<DeferReason, 3>,
+    deferrals: Children<DeferReason, 4>,
+    proxy_errors: OnceLock<IntCounter>,
     duration: OnceLock<Histogram>,
     cache_hits: OnceLock<IntCounter>,
     circuit_open: OnceLock<IntGauge>,
@@ -283,6 +292,7 @@ impl ProfileMetrics {
             attempts: Children::new(),
             tokens: Children::new(),
             deferrals: Children::new(),
+            proxy_errors: OnceLock::new(),
             duration: OnceLock::new(),
             cache_hits: OnceLock::new(),
             circuit_open: OnceLock::new(),
@@ -337,6 +347,12 @@ impl ProfileMetrics {
             .inc();
     }
 
+    pub fn proxy_error(&self) {
+        self.proxy_errors
+            .get_or_init(|| self.root.proxy_errors.with_label_values(&[&self.profile]))
+            .inc();
+    }
+
     pub fn set_circuit_open(&self, open: bool) {
         self.circuit_open
             .get_or_init(|| self.root.circuit_open.with_label_values(&[&self.profile]))
@@ -372,7 +388,12 @@ mod tests {
         );
         m.attempt(AttemptClass::S5xx, None);
         m.deferral(DeferReason::RateLimit);
+        m.proxy_error();
         let text = root.render();
+        assert!(
+            text.contains("callback_dispatcher_proxy_errors_total{profile=\"acme\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "callback_dispatcher_delivery_attempts_total{profile=\"acme\",result=\"5xx\"} 2"

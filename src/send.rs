@@ -56,7 +56,7 @@ pub fn signed_query(url: &reqwest::Url) -> String {
 /// Sign and send one attempt. Never fails: every outcome is an [`Answer`]. `blocked` is the
 /// network guard's verdict on a literal host, found when the profile's runtime was built.
 pub async fn send(
-    client: &reqwest::Client,
+    client: &http::Client,
     profile: &Profile,
     event: &Event,
     credential: Option<&Credential>,
@@ -126,8 +126,11 @@ pub async fn send(
             let snippet = if (200..300).contains(&status) {
                 String::new()
             } else {
-                let bytes = http::read_capped(resp, ERROR_SNIPPET)
+                let read = http::read_capped(resp, ERROR_SNIPPET);
+                let bytes = tokio::time::timeout(timeout, read)
                     .await
+                    .ok()
+                    .and_then(Result::ok)
                     .unwrap_or_default();
                 String::from_utf8_lossy(&bytes).into_owned()
             };
@@ -137,18 +140,22 @@ pub async fn send(
                 snippet,
             }
         }
-        Err(e) => match http::blocked(&e) {
-            Some(why) => Answer::Unanswered {
+        Err(e) => match (e.blocked(), e.proxy()) {
+            (Some(why), _) => Answer::Unanswered {
                 why: Unanswered::Blocked,
                 error: why,
             },
-            None => Answer::Unanswered {
+            (None, Some(failure)) => Answer::Unanswered {
+                why: Unanswered::Proxy,
+                error: failure,
+            },
+            (None, None) => Answer::Unanswered {
                 why: if e.is_timeout() {
                     Unanswered::Timeout
                 } else {
                     Unanswered::Connect
                 },
-                error: http::describe(e),
+                error: e.describe(),
             },
         },
     };
@@ -233,12 +240,12 @@ mod tests {
         use secrecy::SecretString;
         const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let guard = crate::guard::Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
-        let client = http::client(
+        let client = http::Client::new(
             Duration::from_secs(5),
             Duration::from_secs(5),
             &guard,
             None,
-            Vec::new(),
+            None,
         );
         // Characters that must be escaped, and a profile URL with its own query parameter.
         let body = br#"{"amount":1,"note":"a b&c=d/\u00e9+%","ok":true,"nested":{"x":1}}"#;
@@ -258,6 +265,7 @@ mod tests {
                 rate_limit: None,
                 circuit_breaker: None,
                 tls: None,
+                proxy: None,
                 signer: Some(Signer::new(vec![
                     decode_secret(&SecretString::from(SECRET)).unwrap(),
                 ])),

@@ -261,6 +261,7 @@ async fn metrics_expose_exactly_the_spec_families_and_health_endpoints() {
             "callback_dispatcher_events_consumed_total counter",
             "callback_dispatcher_inflight_deliveries gauge",
             "callback_dispatcher_ordered_waiting gauge",
+            "callback_dispatcher_proxy_errors_total counter",
             "callback_dispatcher_receipts_failed_total counter",
             "callback_dispatcher_settle_failures_total counter",
             // Beyond SPEC section 7: the shared token cache's failures (docs/metrics.md).

@@ -11,7 +11,7 @@ use crate::metrics::{ProfileMetrics, TokenOutcome};
 pub struct Source<'a> {
     pub profile: &'a str,
     pub oauth: &'a OAuth2,
-    pub client: &'a reqwest::Client,
+    pub client: &'a crate::http::Client,
     pub metrics: &'a ProfileMetrics,
     /// How long one auth request may take (the profile's timeout).
     pub timeout: Duration,

@@ -128,6 +128,9 @@ pub enum AuthError {
     Transport(String),
     #[error("auth url refused: {0}")]
     Blocked(String),
+    /// The proxy failed (SPEC section 17): the auth server was not asked.
+    #[error("auth request not sent: {0}")]
+    Proxy(String),
     #[error("auth server answered {status}{}", token::describe_server_error(.error, .description))]
     Status {
         status: u16,
@@ -154,7 +157,7 @@ impl AuthError {
             Self::Transport(_) => Health::Down,
             Self::Status { status, .. } if *status == 429 || *status >= 500 => Health::Down,
             Self::Status { .. } | Self::Response(_) => Health::Unknown,
-            Self::Blocked(_) | Self::Assertion(_) => Health::Unknown,
+            Self::Blocked(_) | Self::Assertion(_) | Self::Proxy(_) => Health::Unknown,
         }
     }
 }
@@ -193,7 +196,7 @@ impl OAuth2 {
     /// carries, in the forms they travel in.
     fn request(
         &self,
-        client: &reqwest::Client,
+        client: &http::Client,
     ) -> Result<(reqwest::RequestBuilder, Scrub), AuthError> {
         let mut scrub = Scrub::default();
         if let ClientAuth::Secret { secret, .. } = &self.client_auth {
@@ -248,14 +251,20 @@ impl OAuth2 {
 
     /// One request to the auth server, and the token read from its answer. No text of the
     /// error repeats the credentials or a token (SPEC section 4): such text is `[redacted]`.
-    pub async fn fetch(&self, client: &reqwest::Client) -> Result<Token, AuthError> {
+    pub async fn fetch(&self, client: &http::Client) -> Result<Token, AuthError> {
         let (request, scrub) = self.request(client)?;
         let transport =
             |e: reqwest::Error| AuthError::Transport(scrub.field(&http::describe(e), 500));
-        let response = request.send().await.map_err(|e| match http::blocked(&e) {
-            Some(blocked) => AuthError::Blocked(blocked),
-            None => transport(e),
-        })?;
+        let request = request.build().map_err(transport)?;
+        let response =
+            client
+                .execute(request)
+                .await
+                .map_err(|e| match (e.blocked(), e.proxy()) {
+                    (Some(blocked), _) => AuthError::Blocked(blocked),
+                    (None, Some(failure)) => AuthError::Proxy(failure),
+                    (None, None) => AuthError::Transport(scrub.field(&e.describe(), 500)),
+                })?;
         let status = response.status();
         let body = http::read_capped(response, MAX_AUTH_RESPONSE)
             .await

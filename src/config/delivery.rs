@@ -6,6 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::issues::Issues;
+use super::proxy::{self, NoProxy, Proxy};
 use super::raw::{RawBreaker, RawDelivery, S};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +21,10 @@ pub struct DeliveryConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_body_bytes: usize,
+    /// The HTTP CONNECT proxy for callback and auth URLs (SPEC section 17); `None` = direct.
+    pub proxy: Option<Proxy>,
+    /// Hosts and networks reached without the proxy.
+    pub no_proxy: NoProxy,
 }
 
 /// When a profile's circuit breaker opens, and for how long (SPEC section 9).
@@ -83,6 +88,11 @@ pub(crate) fn validate(issues: &mut Issues, d: &RawDelivery) -> DeliveryConfig {
             }
             Some(v) => v.value as usize,
         },
+        proxy: d
+            .proxy
+            .as_ref()
+            .and_then(|p| proxy::proxy(issues, "delivery.proxy", None, p)),
+        no_proxy: proxy::no_proxy(issues, &d.no_proxy),
     }
 }
 

@@ -10,6 +10,7 @@ use reqwest::header::HeaderMap;
 
 use super::delivery::{self, BreakerSettings};
 use super::issues::{Issues, spanned};
+use super::proxy::{self, Proxy};
 use super::raw::{RawProfile, S};
 use super::tls::{self, Tls};
 use super::{DeliveryConfig, auth};
@@ -31,11 +32,22 @@ pub struct Profile {
     /// Overrides `delivery.circuit_breaker`.
     pub circuit_breaker: Option<BreakerSettings>,
     pub tls: Option<Tls>,
+    /// Overrides `delivery.proxy`: `Some(None)` (`proxy: ""`) is direct.
+    pub proxy: Option<Option<Proxy>>,
     pub signer: Option<Signer>,
     pub auth: Auth,
 }
 
 impl Profile {
+    /// The proxy its callback and token requests go through: its own `proxy`, else
+    /// `delivery.proxy`; `None` = direct.
+    pub fn proxy<'a>(&'a self, delivery: &'a DeliveryConfig) -> Option<&'a Proxy> {
+        match &self.proxy {
+            Some(own) => own.as_ref(),
+            None => delivery.proxy.as_ref(),
+        }
+    }
+
     /// GET and DELETE send no body: the event's top-level scalars become query parameters.
     pub fn sends_body(&self) -> bool {
         !matches!(self.method, Method::GET | Method::DELETE)
@@ -202,6 +214,10 @@ pub(crate) fn validate(
         .tls
         .as_ref()
         .and_then(|t| tls::validate(issues, &format!("{path}.tls"), t));
+    let proxy = p
+        .proxy
+        .as_ref()
+        .map(|v| proxy::proxy(issues, &format!("{path}.proxy"), at, v));
     let signer = p.signing.as_ref().map(|s| {
         let sat = Some(&s.referenced);
         if s.value.secrets.is_empty() {
@@ -242,6 +258,7 @@ pub(crate) fn validate(
         rate_limit,
         circuit_breaker,
         tls,
+        proxy,
         signer,
         auth,
     })

@@ -50,6 +50,9 @@ pub(crate) struct RawDelivery {
     pub timeout: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,
     pub max_body_bytes: Option<S<u64>>,
+    /// May carry credentials.
+    pub proxy: Option<RawSecret>,
+    pub no_proxy: Vec<S<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -119,6 +122,8 @@ pub(crate) struct RawProfile {
     pub rate_limit: Option<S<String>>,
     pub circuit_breaker: Option<S<RawBreaker>>,
     pub tls: Option<S<RawTls>>,
+    /// May carry credentials.
+    pub proxy: Option<RawSecret>,
     pub signing: Option<S<RawSigning>>,
     pub auth: Option<S<RawAuth>>,
 }

@@ -41,6 +41,33 @@ impl Tls {
         })
     }
 
+    /// The client certificate chain and its key, for a TLS connection made by hand (through
+    /// a proxy's tunnel, SPEC section 17).
+    pub fn rustls_identity(
+        &self,
+    ) -> Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )> {
+        use rustls::pki_types::pem::PemObject;
+        let pem = self.identity_pem.as_ref()?.expose_secret();
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .filter_map(Result::ok)
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).ok()?;
+        Some((chain, key))
+    }
+
+    /// The extra trust roots, for a TLS connection made by hand.
+    pub fn rustls_roots(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        self.ca_pem.as_ref().map_or_else(Vec::new, |pem| {
+            rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+                .filter_map(Result::ok)
+                .collect()
+        })
+    }
+
     /// A client with this material, to find at load what only building one reveals.
     fn try_client(&self) -> Result<(), String> {
         let mut b = reqwest::Client::builder().tls_certs_merge(self.roots());

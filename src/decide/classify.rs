@@ -13,6 +13,8 @@ pub enum Unanswered {
     Connect,
     /// The network guard refused the address: nothing was sent.
     Blocked,
+    /// The proxy failed before the endpoint was reached (SPEC section 17).
+    Proxy,
 }
 
 /// What came back from one HTTP attempt, before it means anything.
@@ -54,6 +56,7 @@ pub fn classify(answer: Answer) -> Reading {
         } => (status, retry_after, snippet),
         Answer::Unanswered { why, error } => {
             let (result, class) = match why {
+                Unanswered::Proxy => return proxy_failed(error),
                 Unanswered::Blocked => {
                     (AttemptResult::Blocked { error }, AttemptClass::ConnectError)
                 }
@@ -67,7 +70,7 @@ pub fn classify(answer: Answer) -> Reading {
                 ),
             };
             let health = match why {
-                Unanswered::Blocked => Health::Unknown,
+                Unanswered::Blocked | Unanswered::Proxy => Health::Unknown,
                 Unanswered::Timeout | Unanswered::Connect => Health::Down,
             };
             return Reading {
@@ -123,6 +126,17 @@ pub fn auth_failed(error: String, health: Health) -> Reading {
         refresh: false,
         health,
         class: AttemptClass::AuthFailed,
+    }
+}
+
+/// The proxy failed: no attempt, nothing said about the endpoint. `class` is not counted
+/// (the failure is counted in `proxy_errors_total` instead).
+pub fn proxy_failed(error: String) -> Reading {
+    Reading {
+        result: AttemptResult::ProxyFailed { error },
+        refresh: false,
+        health: Health::Unknown,
+        class: AttemptClass::ConnectError,
     }
 }
 

@@ -151,6 +151,33 @@ fn decide_table() {
             ),
         ),
         (Case::Interrupted, facts(0, 0, 1000), Settlement::Requeue),
+        // The proxy failed: deferred, no attempt spent, whatever attempts are left.
+        (
+            Case::Attempted(AttemptResult::ProxyFailed {
+                error: "proxy http://egress:3128 is unreachable".into(),
+            }),
+            facts(2, 0, 10),
+            Settlement::Defer {
+                plan: plan(5000, 5000),
+                reason: DeferReason::Proxy,
+                deferrals: 1,
+            },
+        ),
+        (
+            Case::Attempted(AttemptResult::ProxyFailed { error: "x".into() }),
+            facts(0, 7, 1),
+            Settlement::Defer {
+                plan: plan(5000, 5000),
+                reason: DeferReason::Proxy,
+                deferrals: 8,
+            },
+        ),
+        // ... until the event is too old.
+        (
+            Case::Attempted(AttemptResult::ProxyFailed { error: "x".into() }),
+            facts(1, 3, 61),
+            dead(DeadReason::Expired, None, expired, 1),
+        ),
     ];
     for (case, facts, want) in cases {
         assert_eq!(
@@ -244,6 +271,13 @@ fn classify_table() {
         (
             Unanswered::Blocked,
             AttemptResult::Blocked { error: "e".into() },
+            Unknown,
+            C::ConnectError,
+        ),
+        // Says nothing about the endpoint: the breaker does not count it.
+        (
+            Unanswered::Proxy,
+            AttemptResult::ProxyFailed { error: "e".into() },
             Unknown,
             C::ConnectError,
         ),

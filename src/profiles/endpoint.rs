@@ -3,6 +3,7 @@
 //! setting, and its metric series.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::auth::fetch::Source;
@@ -18,7 +19,7 @@ use crate::receipts::NoticeType;
 
 pub struct Endpoint {
     pub profile: Arc<Profile>,
-    pub client: reqwest::Client,
+    pub client: crate::http::Client,
     pub gate: Gate,
     pub tokens: Arc<TokenSlot>,
     pub metrics: Arc<ProfileMetrics>,
@@ -29,6 +30,8 @@ pub struct Endpoint {
     /// The network guard's refusal of a literal auth host.
     pub auth_blocked: Option<String>,
     pub shared: Option<Arc<SharedTokens>>,
+    /// Whether its proxy failed last: a proxy outage is logged at warn once, not per event.
+    pub proxy_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -120,7 +123,8 @@ impl Endpoint {
             AttemptResult::Delivered { .. } => "",
             AttemptResult::Permanent { error, .. }
             | AttemptResult::Retryable { error, .. }
-            | AttemptResult::Blocked { error } => error,
+            | AttemptResult::Blocked { error }
+            | AttemptResult::ProxyFailed { error } => error,
         };
         announce(
             &self.profile.id,
@@ -132,6 +136,35 @@ impl Endpoint {
         );
         self.gate
             .share_result(probe, reading.health, change == Change::Opened, last_error);
+    }
+
+    /// The proxy failed before the endpoint was reached (SPEC section 17): counted, and
+    /// logged at warn when it starts failing (naming the proxy, never its credentials).
+    pub fn proxy_failed(&self, error: &str) {
+        self.metrics.proxy_error();
+        let profile = &*self.profile.id;
+        if self.proxy_failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(
+                profile,
+                error,
+                "proxy failed: event deferred without an attempt"
+            );
+        } else {
+            tracing::warn!(
+                profile,
+                error,
+                "proxy failed: event deferred without an attempt; this profile's events wait until it works again"
+            );
+        }
+    }
+
+    /// A request got through (or did not need the proxy): a proxy outage is over.
+    pub fn proxy_worked(&self) {
+        if self.proxy_failing.load(Ordering::Relaxed)
+            && self.proxy_failing.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(profile = &*self.profile.id, "proxy works again");
+        }
     }
 
     /// The deployment's breaker, from a heartbeat (SPEC section 13).

@@ -8,7 +8,7 @@
 //!   their warm connections) when the delivery settings did not change, a profile's tokens
 //!   when its auth and TLS did not change, its limiter, breaker and statistics when their
 //!   own settings did not, and its metric series always.
-//! - One HTTP client per distinct TLS setting; profiles without `tls` share one.
+//! - One HTTP client per distinct TLS setting and proxy; profiles without either share one.
 //! - With `cluster.redis` the registry holds the replica's [`Cluster`] link: every gate
 //!   shares through it, and [`Registry::start_cluster`] runs the heartbeat, whose view of
 //!   the shared breakers goes to the profiles in force.
@@ -33,10 +33,13 @@ use crate::auth::TokenSlot;
 use crate::auth::oauth2::Fingerprint;
 use crate::auth::shared::SharedTokens;
 use crate::cluster::{Cluster, View};
-use crate::config::{Config, DeliveryConfig, Profile};
+use crate::config::{Config, DeliveryConfig, Profile, Proxy};
 use crate::guard::Guard;
 use crate::metrics::{Metrics, ProfileMetrics};
 use crate::retry::RetryPolicy;
+
+/// What sets one HTTP client apart from another.
+type ClientKey = (Option<Fingerprint>, Option<Proxy>);
 
 /// What the worker runs with, for events consumed from now on.
 pub struct Snapshot {
@@ -45,8 +48,8 @@ pub struct Snapshot {
     /// The delay queues' TTLs (ms), ascending.
     pub delays_ms: Vec<u64>,
     endpoints: HashMap<Arc<str>, Arc<Endpoint>>,
-    /// By TLS fingerprint; `None` is the client of profiles without `tls`.
-    clients: HashMap<Option<Fingerprint>, reqwest::Client>,
+    /// By TLS fingerprint (`None`: profiles without `tls`) and proxy (`None`: direct).
+    clients: HashMap<ClientKey, crate::http::Client>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -211,26 +214,30 @@ fn build(
             p.delivery.connect_timeout,
             p.delivery.timeout,
             &p.delivery.allow_networks,
-        ) == (d.connect_timeout, d.timeout, &d.allow_networks)
+            &p.delivery.no_proxy,
+        ) == (d.connect_timeout, d.timeout, &d.allow_networks, &d.no_proxy)
     });
-    let mut clients: HashMap<Option<Fingerprint>, reqwest::Client> = HashMap::new();
-    let mut client_for = |p: &Profile| -> reqwest::Client {
-        let key = p.tls.as_ref().map(|t| t.fingerprint);
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                previous
-                    .filter(|_| same_clients)
-                    .and_then(|prev| prev.clients.get(&key).cloned())
-                    .unwrap_or_else(|| {
-                        let (identity, roots) = p
-                            .tls
-                            .as_ref()
-                            .map_or((None, Vec::new()), |t| (t.identity(), t.roots()));
-                        crate::http::client(d.connect_timeout, d.timeout, &guard, identity, roots)
-                    })
-            })
-            .clone()
+    let mut clients: HashMap<ClientKey, crate::http::Client> = HashMap::new();
+    let mut client_for = |p: &Profile| -> crate::http::Client {
+        let proxy = p.proxy(d);
+        let key = (p.tls.as_ref().map(|t| t.fingerprint), proxy.cloned());
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        let client = previous
+            .filter(|_| same_clients)
+            .and_then(|prev| prev.clients.get(&key).cloned())
+            .unwrap_or_else(|| {
+                crate::http::Client::new(
+                    d.connect_timeout,
+                    d.timeout,
+                    &guard,
+                    p.tls.as_ref(),
+                    proxy.map(|proxy| (proxy, &d.no_proxy)),
+                )
+            });
+        clients.insert(key, client.clone());
+        client
     };
     let endpoints = config
         .profiles
@@ -269,6 +276,7 @@ fn build(
                     .and_then(|o| guard.check_literal(&o.url).err())
                     .map(|b| b.to_string()),
                 shared: shared.cloned(),
+                proxy_failing: Default::default(),
                 profile: p.clone(),
             };
             (p.id.clone(), Arc::new(endpoint))

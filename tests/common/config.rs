@@ -106,6 +106,10 @@ pub struct Delivery {
     pub connect_timeout: Option<Span>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_proxy: Option<Vec<String>>,
 }
 
 /// `circuit_breaker`, in `delivery` or in a profile.
@@ -218,6 +222,8 @@ pub struct Profile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub signing: Option<Signing>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
@@ -235,6 +241,7 @@ impl Profile {
             rate_limit: None,
             circuit_breaker: None,
             tls: None,
+            proxy: None,
             signing: None,
             auth: None,
         }
@@ -267,6 +274,12 @@ impl Profile {
 
     pub fn tls(mut self, tls: Tls) -> Profile {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Its own `proxy`; `""` = direct.
+    pub fn proxy(mut self, proxy: &str) -> Profile {
+        self.proxy = Some(proxy.into());
         self
     }
 

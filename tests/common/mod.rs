@@ -9,6 +9,7 @@ mod http;
 mod metrics;
 mod process;
 mod redis;
+mod tinyproxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ pub use http::*;
 pub use metrics::*;
 pub use process::*;
 pub use redis::*;
+pub use tinyproxy::*;
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
