@@ -341,7 +341,13 @@ impl ProfileMetrics {
             .inc();
     }
 
+    /// `deferrals_total{reason}` for SPEC section 9's reasons; a deferral because the egress
+    /// proxy failed is counted in `proxy_errors_total` instead (SPEC section 17), so the
+    /// label keeps the contract's three values.
     pub fn deferral(&self, reason: DeferReason) {
+        if reason == DeferReason::Proxy {
+            return;
+        }
         self.deferrals
             .get(&self.root.deferrals, &self.profile, reason)
             .inc();

@@ -165,13 +165,20 @@ async fn a_stopped_proxy_defers_events_until_it_is_back() {
     wait_until(LIMIT, "every event deferred for the proxy", || async {
         let m = worker.metrics().await;
         proxy_errors(&m, "down") >= 10.0
-            && m.value(
-                "callback_dispatcher_deferrals_total",
-                &[("profile", "down"), ("reason", "proxy")],
-            ) >= 10.0
     })
     .await;
     let m = worker.metrics().await;
+    // Counted as the proxy's failure, not as one of SPEC section 9's deferrals.
+    for reason in ["concurrency", "rate_limit", "circuit_open", "proxy"] {
+        assert_eq!(
+            m.value(
+                "callback_dispatcher_deferrals_total",
+                &[("profile", "down"), ("reason", reason)],
+            ),
+            0.0,
+            "{reason}"
+        );
+    }
     assert_eq!(receiver.count(), 0);
     assert_eq!(m.attempts("down", "connect_error"), 0.0, "no attempt spent");
     assert_eq!(
