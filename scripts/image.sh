@@ -166,14 +166,32 @@ fi
 
 # --- the image ------------------------------------------------------------------------
 step "image build $IMAGE"
+# For cargo in the Dockerfile's build stage (not run with BINARY=prebuilt): the host's CA
+# bundle, which a TLS-inspecting proxy's certificate may be in.
+CA_BUNDLE=
+for f in "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do
+  [ -n "$f" ] && [ -s "$f" ] && { CA_BUNDLE=$f; break; }
+done
 REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || REVISION=$REVISION-dirty
 nice -n 10 podman build --quiet -f "$CONTEXT/deploy/Dockerfile" \
   --build-arg BINARY=prebuilt --build-arg RUNTIME_BASE="$BASE" \
   --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
   --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  ${CA_BUNDLE:+--secret "id=ca-bundle,src=$CA_BUNDLE"} \
   -t "$IMAGE" "$CONTEXT" >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; false; }
 IMAGE_BUILD_MS=$(($(now_ms) - STEP_T))
+# What earlier builds left untagged (the previous image, the binary's stage): removed, so that
+# a check per test run does not pile up binaries. Only images built from this Dockerfile.
+for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+  old=()
+  for id in $(podman images -a --filter dangling=true --format '{{.ID}}'); do
+    podman history --no-trunc --format '{{.CreatedBy}}' "$id" 2>/dev/null \
+      | grep -q '/callback-dispatcher' && old+=("$id")
+  done
+  [ ${#old[@]} -eq 0 ] && break
+  podman rmi "${old[@]}" >/dev/null 2>&1 || break
+done
 SIZE=$(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%.0f MB", $1 / 1e6 }')
 ok "$SIZE"
 

@@ -199,8 +199,13 @@ fn runtime_stage() -> Vec<(String, String)> {
 }
 
 fn instruction(stage: &[(String, String)], name: &str) -> String {
-    let mut found = stage.iter().filter(|(i, _)| i == name).map(|(_, a)| a.clone());
-    let first = found.next().unwrap_or_else(|| panic!("no {name} in the runtime stage"));
+    let mut found = stage
+        .iter()
+        .filter(|(i, _)| i == name)
+        .map(|(_, a)| a.clone());
+    let first = found
+        .next()
+        .unwrap_or_else(|| panic!("no {name} in the runtime stage"));
     assert!(found.next().is_none(), "one {name} in the runtime stage");
     first
 }
@@ -256,7 +261,10 @@ fn the_image_and_the_deployment_agree() {
         .expect("the pod names the configuration");
     assert_eq!(in_pod["value"], path);
     let dir = Path::new(path).parent().unwrap().to_str().unwrap();
-    assert_eq!(c["volumeMounts"][0]["mountPath"], dir, "the ConfigMap's directory");
+    assert_eq!(
+        c["volumeMounts"][0]["mountPath"], dir,
+        "the ConfigMap's directory"
+    );
     assert_eq!(c["volumeMounts"][0]["readOnly"], true);
     assert!(
         stage
@@ -272,7 +280,10 @@ fn the_image_and_the_deployment_agree() {
         .unwrap()
         .trim_matches('"')
         .to_owned();
-    assert_eq!(c["image"], format!("callback-dispatcher:{version}").as_str());
+    assert_eq!(
+        c["image"],
+        format!("callback-dispatcher:{version}").as_str()
+    );
 
     // The grace period outlasts delivery.timeout, and scripts/image.sh stops with it.
     let cm = &yaml_docs("k8s/configmap.yaml")[0];
@@ -308,12 +319,25 @@ fn the_image_holds_a_stripped_binary_from_a_small_build_context() {
         .expect("a [profile.image]");
     let profile = profile.split("\n[").next().unwrap();
     for line in ["inherits = \"release\"", "debug = false", "strip = true"] {
-        assert!(profile.lines().any(|l| l == line), "[profile.image] has {line}");
+        assert!(
+            profile.lines().any(|l| l == line),
+            "[profile.image] has {line}"
+        );
     }
     let dockerfile = root("deploy/Dockerfile");
     assert!(dockerfile.contains("cargo build --locked --profile image --bin callback-dispatcher"));
-    assert!(dockerfile.contains("--mount=type=cache"), "a cache mount for the dependencies");
-    for label in ["title", "description", "licenses", "version", "revision", "created"] {
+    assert!(
+        dockerfile.contains("--mount=type=cache"),
+        "a cache mount for the dependencies"
+    );
+    for label in [
+        "title",
+        "description",
+        "licenses",
+        "version",
+        "revision",
+        "created",
+    ] {
         assert!(
             dockerfile.contains(&format!("org.opencontainers.image.{label}=")),
             "OCI label {label}"
@@ -340,7 +364,9 @@ fn the_image_holds_a_stripped_binary_from_a_small_build_context() {
         "{allowed:?}"
     );
     for line in dockerfile.lines() {
-        let Some(args) = line.strip_prefix("COPY ") else { continue };
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
         if args.starts_with("--from=") {
             continue;
         }
