@@ -63,7 +63,10 @@ cleanup() {
   if [ -n "$STEP" ]; then
     echo "FAILED"
     echo "image.sh: step failed: $STEP" >&2
-    [ -n "$CONTAINER" ] && { echo "-- container log:" >&2; podman logs --tail 40 "$CONTAINER" >&2 2>&1 || true; }
+    if [ -n "$CONTAINER" ]; then
+      echo "-- container: $(podman inspect --format '{{.State.Status}}, exit code {{.State.ExitCode}}' "$CONTAINER" 2>&1); its log:" >&2
+      podman logs --tail 40 "$CONTAINER" >&2 2>&1 || true
+    fi
     [ -s "$WORK/received.jsonl" ] && { echo "-- receiver saw:" >&2; cut -c1-400 "$WORK/received.jsonl" >&2; }
   fi
   [ -n "$CONTAINER" ] && podman rm -f -t 0 "$CONTAINER" >/dev/null 2>&1 || true
