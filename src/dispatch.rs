@@ -8,7 +8,8 @@
 //! means is read in one place ([`classify`]) and the event's fate is chosen in one place
 //! ([`decide`]). Each event is processed inside one tracing span, `event`, that carries its
 //! id and profile, so every log line about it (token requests, breaker changes, the
-//! settlement) names them without passing them by hand.
+//! settlement) names them without passing them by hand. With tracing on it is also the
+//! OpenTelemetry span `process <queue>` ([`crate::trace::adopt`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -29,6 +30,7 @@ use crate::profiles::gate::{MAX_WAIT, Refusal};
 use crate::profiles::{Endpoint, Registry, Snapshot, Window};
 use crate::send;
 use crate::settle::{SettleBackoff, SettleError, Settler};
+use crate::trace;
 
 /// Everything deliveries share.
 pub struct Dispatcher {
@@ -67,6 +69,16 @@ impl Dispatcher {
             "event",
             event_id = read.as_ref().map_or("-", |e| e.id.as_str()),
             profile = endpoint.map_or(NO_PROFILE, |e| &*e.profile.id),
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        trace::adopt(
+            &span,
+            &settler.topology.queue,
+            delivery.properties.headers().as_ref(),
+            read.as_ref().ok().map(|e| e.id.as_str()),
         );
         async {
             let hold = endpoint.map(|e| e.gate.hold(&self.window));
@@ -101,6 +113,7 @@ impl Dispatcher {
                 rand::random::<f64>(),
             );
             let event = read.as_ref().ok();
+            trace::outcome(&tracing::Span::current(), settlement.fate().as_str());
             match settler.apply(&delivery, &body, event, &settlement).await {
                 Ok(()) => {
                     match (settlement.outcome(), endpoint) {

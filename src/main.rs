@@ -60,6 +60,10 @@ enum Command {
         /// Publish this many copies (ids get a -N suffix); for load runs.
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// A W3C trace context (`00-<trace id>-<span id>-<flags>`) sent as the `traceparent`
+        /// header: the worker's spans for the event join that trace.
+        #[arg(long)]
+        traceparent: Option<String>,
     },
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
@@ -100,9 +104,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _logs = match cli.command {
-        Command::Run => init_logs(config.log.format, "info"),
-        _ => init_logs(LogFormat::Text, "warn"),
+    let telemetry = match cli.command {
+        Command::Run => init_logs(config.log.format, "info", Some(&config.tracing)),
+        _ => init_logs(LogFormat::Text, "warn", None),
     };
     let printed = match cli.command {
         Command::Run => run(config, cli.config).await.map(|()| String::new()),
@@ -115,6 +119,7 @@ async fn main() -> ExitCode {
             message_id,
             content_type,
             count,
+            traceparent,
         } => match publish::read_body(file.as_deref()) {
             Ok(body) => {
                 let req = publish::Request {
@@ -123,6 +128,7 @@ async fn main() -> ExitCode {
                     message_id,
                     content_type,
                     count,
+                    traceparent,
                 };
                 publish::run(&config, &req).await
             }
@@ -135,6 +141,7 @@ async fn main() -> ExitCode {
             dead_letters::replay_report(&config, profile.as_deref(), limit).await
         }
     };
+    telemetry.flush().await;
     match printed {
         Ok(text) => {
             print!("{text}");

@@ -166,6 +166,7 @@ impl Metrics {
             (Box::new(m.cluster_replicas.clone()), "gauge"),
             (Box::new(m.cluster_errors.clone()), "counter"),
             (Box::new(m.settle_failures.clone()), "counter"),
+            (Box::new(crate::trace::spans_dropped().clone()), "counter"),
         ];
         for (c, kind) in collectors {
             for d in c.desc() {

@@ -12,6 +12,9 @@ use crate::config::Profile;
 use crate::decide::{Answer, Unanswered};
 use crate::event::Event;
 use crate::http;
+use crate::trace;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -109,13 +112,36 @@ pub async fn send(
             HeaderValue::try_from(signature).expect("base64 is header-safe"),
         );
     }
+    // The HTTP client span of this attempt (none when tracing is off); its context goes to
+    // the receiver only when the profile asks for it (SPEC section 16).
+    let span = trace::http_span(&profile.method, &url);
+    if profile.traceparent && trace::enabled() {
+        trace::inject_http(&span.context(), &mut headers);
+    }
     let mut req = reqwest::Request::new(profile.method.clone(), url);
     *req.headers_mut() = headers;
     *req.timeout_mut() = Some(timeout);
     if profile.sends_body() {
         *req.body_mut() = Some(event.body.clone().into());
     }
-    let sent = match client.execute(req).await {
+    let sent = answer(client, req).instrument(span.clone()).await;
+    match &sent {
+        Answer::Status { status, .. } => trace::http_answered(&span, *status),
+        Answer::Unanswered { why, .. } => trace::http_failed(
+            &span,
+            match why {
+                Unanswered::Timeout => "timeout",
+                Unanswered::Connect => "connect_error",
+                Unanswered::Blocked => "blocked_destination",
+            },
+        ),
+    }
+    (sent, started.elapsed())
+}
+
+/// The request's outcome as an [`Answer`].
+async fn answer(client: &reqwest::Client, req: reqwest::Request) -> Answer {
+    match client.execute(req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let retry_after = resp
@@ -151,8 +177,7 @@ pub async fn send(
                 error: http::describe(e),
             },
         },
-    };
-    (sent, started.elapsed())
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +282,7 @@ mod tests {
                 concurrency: None,
                 rate_limit: None,
                 circuit_breaker: None,
+                traceparent: false,
                 tls: None,
                 signer: Some(Signer::new(vec![
                     decode_secret(&SecretString::from(SECRET)).unwrap(),

@@ -51,6 +51,7 @@ fn every_key() -> BTreeSet<(String, String)> {
         ("retry", format!("retry: {{{PROBE}: 1}}\n{profile}")),
         ("metrics", format!("metrics: {{{PROBE}: 1}}\n{profile}")),
         ("log", format!("log: {{{PROBE}: 1}}\n{profile}")),
+        ("tracing", format!("tracing: {{{PROBE}: 1}}\n{profile}")),
         (
             "token_cache",
             format!("token_cache: {{{PROBE}: 1}}\n{profile}"),
@@ -138,7 +139,7 @@ fn every_exported_metric_is_in_the_metrics_reference() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| l.split(' ').next().unwrap().to_owned())
         .collect();
-    assert_eq!(families.len(), 15);
+    assert_eq!(families.len(), 16);
     for f in families {
         assert!(
             reference.contains(&format!("`{f}`")),

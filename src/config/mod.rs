@@ -2,7 +2,7 @@
 //!
 //! Loading is three steps: `${VAR}` interpolation over the text (`env`), serde into the raw
 //! structs (`raw`, `deny_unknown_fields`), and one validation per section beside its type
-//! (`amqp`, `delivery`, `retry`, `telemetry`, `token_cache`, `cluster`, `profile` with its `auth` and
+//! (`amqp`, `delivery`, `retry`, `telemetry`, `tracing`, `token_cache`, `cluster`, `profile` with its `auth` and
 //! `tls`), which check everything and collect every problem with its key path and
 //! line/column before giving up. Secrets are wrapped from the moment serde reads them and no
 //! error message quotes them.
@@ -19,10 +19,12 @@ mod retry;
 mod telemetry;
 mod tls;
 mod token_cache;
+mod tracing;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+pub use self::tracing::TracingConfig;
 pub use amqp::AmqpConfig;
 pub use cluster::{ClusterConfig, DEFAULT_KEY_PREFIX};
 pub use delivery::{BreakerSettings, DeliveryConfig};
@@ -45,6 +47,7 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
     pub token_cache: Option<TokenCacheConfig>,
     pub cluster: Option<ClusterConfig>,
     pub profiles: Profiles,
@@ -158,6 +161,7 @@ fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
     let retry = retry::validate(&mut issues, &raw.retry);
     let metrics = telemetry::metrics(&mut issues, &raw.metrics);
     let log = telemetry::log(&mut issues, &raw.log);
+    let tracing = tracing::validate(&mut issues, &raw.tracing);
     let token_cache = token_cache::validate(&mut issues, raw.token_cache.as_ref());
     let cluster = cluster::validate(&mut issues, raw.cluster.as_ref());
     let profiles = match &raw.profiles {
@@ -191,6 +195,7 @@ fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
             retry,
             metrics,
             log,
+            tracing,
             token_cache,
             cluster,
             profiles: Profiles::new(profiles),

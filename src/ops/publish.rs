@@ -20,6 +20,8 @@ pub struct Request {
     pub message_id: Option<String>,
     pub content_type: String,
     pub count: u32,
+    /// Sent as the `traceparent` header (SPEC section 16).
+    pub traceparent: Option<String>,
 }
 
 /// Publish and wait for every confirm; returns the message ids.
@@ -29,6 +31,23 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
             "no profile {:?} in the configuration; the worker would dead-letter it (unknown_profile)",
             req.profile
         );
+    }
+    if let Some(tp) = &req.traceparent {
+        use opentelemetry::trace::TraceContextExt;
+        let mut h = FieldTable::default();
+        h.insert(
+            crate::trace::TRACEPARENT.into(),
+            AMQPValue::LongString(LongString::from(tp.as_str())),
+        );
+        if !crate::trace::extract(Some(&h))
+            .span()
+            .span_context()
+            .is_valid()
+        {
+            bail!(
+                "--traceparent {tp:?} is not a W3C traceparent (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)"
+            );
+        }
     }
     let conn = amqp::connect(&config.amqp.url, "callback-dispatcher publish")
         .await
@@ -51,6 +70,12 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
         headers::PROFILE.into(),
         AMQPValue::LongString(LongString::from(req.profile.as_str())),
     );
+    if let Some(tp) = &req.traceparent {
+        headers.insert(
+            crate::trace::TRACEPARENT.into(),
+            AMQPValue::LongString(LongString::from(tp.as_str())),
+        );
+    }
     let mut ids = Vec::with_capacity(req.count as usize);
     let mut pending = Vec::with_capacity(req.count as usize);
     for n in 1..=req.count.max(1) {

@@ -59,6 +59,7 @@ impl Env {
             log: LogSection {
                 format: Some("text".into()),
             },
+            tracing: None,
             token_cache: None,
             profiles: profiles.into_iter().collect(),
         }

@@ -49,6 +49,8 @@ pub struct ConfigFile {
     pub metrics: MetricsSection,
     pub log: LogSection,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_cache: Option<TokenCache>,
     pub profiles: Vec<Profile>,
 }
@@ -177,6 +179,27 @@ pub struct LogSection {
     pub format: Option<String>,
 }
 
+/// The `tracing` section (SPEC section 16).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tracing {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+}
+
+impl Tracing {
+    /// Spans to this collector, everything else at its default.
+    pub fn to(otlp_endpoint: &str) -> Tracing {
+        Tracing {
+            otlp_endpoint: Some(otlp_endpoint.into()),
+            ..Tracing::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TokenCache {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,6 +227,8 @@ pub struct Profile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<Breaker>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing: Option<Signing>,
@@ -222,6 +247,7 @@ impl Profile {
             concurrency: None,
             rate_limit: None,
             circuit_breaker: None,
+            traceparent: None,
             tls: None,
             signing: None,
             auth: None,
@@ -250,6 +276,12 @@ impl Profile {
 
     pub fn breaker(mut self, breaker: Breaker) -> Profile {
         self.circuit_breaker = Some(breaker);
+        self
+    }
+
+    /// `traceparent: on`: send the trace context with this profile's callbacks.
+    pub fn traceparent(mut self, on: bool) -> Profile {
+        self.traceparent = Some(on);
         self
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use broker::*;
 pub use config::{
-    Auth, Breaker, ConfigFile, OAuth2, Profile, Retry, Span, Tls, TokenCache, ms, secs,
+    Auth, Breaker, ConfigFile, OAuth2, Profile, Retry, Span, Tls, TokenCache, Tracing, ms, secs,
 };
 pub use http::*;
 pub use metrics::*;
