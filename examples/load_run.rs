@@ -11,10 +11,12 @@
 //! - `protection`: a healthy profile alone, and beside a profile whose endpoint hangs until
 //!   just before the timeout (events interleaved 1:1 at first). Prints
 //!   `ratio_beside_hanging=`.
+//! - `tracing`: the `throughput` load with every trace exported (`sample_ratio: 1.0`, to a
+//!   collector that answers at once), against tracing off. Prints `ratio_tracing_on_vs_off=`.
 //!
 //! Events are queued before each consumer starts; a rate is measured at the receiver, from
 //! the first measured request to the last. Each round uses its own queues and deletes them.
-//! `load_run [SCENARIO] [EVENTS] [ROUNDS]`, SCENARIO = throughput | profiles | protection | all.
+//! `load_run [SCENARIO] [EVENTS] [ROUNDS]`, SCENARIO = throughput | profiles | protection | tracing | all.
 //!
 //! For investigating, not for the quoted figures: `LOAD_HANGING=N` hanging events (default
 //! 200), `LOAD_DELIVERY_EXTRA=", key: value"` appended to the worker's `delivery` section,
@@ -79,6 +81,7 @@ async fn servers(seen: Shared) -> anyhow::Result<String> {
                 }
             }),
         )
+        .route("/v1/traces", post(|| async { axum::http::StatusCode::OK }))
         .route(
             "/token",
             post(move || {
@@ -111,6 +114,8 @@ struct Load {
     events: Vec<(String, String)>,
     prefetch: u16,
     concurrency: usize,
+    /// Top-level sections written before `profiles` (e.g. `tracing`).
+    extra: String,
 }
 
 struct Round {
@@ -176,11 +181,12 @@ async fn run_round(
         .local_addr()?
         .port();
     let yaml = format!(
-        "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\nprofiles:\n{}",
+        "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\n{}profiles:\n{}",
         amqp_url(),
         load.prefetch,
         load.concurrency,
         std::env::var("LOAD_DELIVERY_EXTRA").unwrap_or_default(),
+        load.extra,
         load.profiles
     );
     let config_path = dir.join(format!("{queue}.yaml"));
@@ -421,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
         events: measured(&|_| "load".into()),
         prefetch: 256,
         concurrency: 256,
+        extra: String::new(),
     };
     if scenario == "all" || scenario == "throughput" {
         let (ratio, rate, rss) = compare(
@@ -438,6 +445,31 @@ async fn main() -> anyhow::Result<()> {
         );
         println!("ratio_vs_baseline={ratio:.3}");
     }
+    if scenario == "all" || scenario == "tracing" {
+        // The same run with every trace exported (sample_ratio 1.0) to a collector that
+        // answers at once, against tracing off.
+        let traced = Load {
+            profiles: oauth_profile("load", &base, "/cb"),
+            events: measured(&|_| "load".into()),
+            prefetch: 256,
+            concurrency: 256,
+            extra: format!("tracing: {{otlp_endpoint: \"{base}\", sample_ratio: 1.0}}\n"),
+        };
+        let (ratio, rate, rss) = compare(
+            "tracing",
+            rounds,
+            ("tracing on", Consumer::Worker, &traced),
+            ("tracing off", Consumer::Worker, &one),
+            &base,
+            &seen,
+            &dir,
+        )
+        .await?;
+        println!(
+            "tracing: worker with every trace exported median {rate:.0} events/s, peak RSS {rss:.1} MiB"
+        );
+        println!("ratio_tracing_on_vs_off={ratio:.3}");
+    }
     if scenario == "all" || scenario == "profiles" {
         let profiles: String = (0..1000)
             .map(|i| oauth_profile(&format!("p{i}"), &base, "/cb"))
@@ -451,6 +483,7 @@ async fn main() -> anyhow::Result<()> {
             events,
             prefetch: 256,
             concurrency: 256,
+            extra: String::new(),
         };
         let (ratio, rate, _) = compare(
             "profiles",
@@ -490,12 +523,14 @@ async fn main() -> anyhow::Result<()> {
             events: measured(&|_| "ok".into()),
             prefetch: 64,
             concurrency: 32,
+            extra: String::new(),
         };
         let beside = Load {
             profiles,
             events,
             prefetch: 64,
             concurrency: 32,
+            extra: String::new(),
         };
         let (ratio, rate, _) = compare(
             "protection",

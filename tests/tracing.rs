@@ -75,6 +75,17 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
     let worker = Process::spawn(&file, "info");
     worker.wait_ready().await;
 
+    // A publisher's trace that is not sampled: no span of it is exported. It goes first, so
+    // its spans, if there were any, would be exported before the others'.
+    let t3 = hex_id(32);
+    let unsampled = traced_props("plain", "tr-c", &format!("00-{t3}-{}-00", hex_id(16)));
+    env.publish_many(1, move |_| (unsampled.clone(), b"{}".to_vec()))
+        .await;
+    wait_until(LIMIT, "the unsampled event delivered", || async {
+        worker.metrics().await.deliveries("plain", "delivered") == 1.0
+    })
+    .await;
+
     // One event from a publisher's span, the other through `publish --traceparent`.
     let (t1, p1) = (hex_id(32), hex_id(16));
     let props = traced_props("traced", "tr-a", &format!("00-{t1}-{p1}-01"));
@@ -85,7 +96,7 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
 
     wait_until(LIMIT, "both events delivered", || async {
         let m = worker.metrics().await;
-        m.deliveries("traced", "delivered") == 1.0 && m.deliveries("plain", "delivered") == 1.0
+        m.deliveries("traced", "delivered") == 1.0 && m.deliveries("plain", "delivered") == 2.0
     })
     .await;
     wait_until(LIMIT, "the spans of both traces exported", || async {
@@ -93,6 +104,7 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
     })
     .await;
 
+    assert!(collector.trace(&t3).is_empty(), "not sampled, not exported");
     let spans = collector.trace(&t1);
     let process: Vec<&Got> = spans
         .iter()
@@ -154,9 +166,15 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
         );
         assert_eq!(r.header("tracestate").as_deref(), Some("vendor=publisher"));
     }
-    let plain = one_request(&calls, "/plain");
-    assert_eq!(plain.header("traceparent"), None);
-    assert_eq!(plain.header("tracestate"), None);
+    let plain: Vec<_> = calls
+        .iter()
+        .filter(|r| r.uri.starts_with("/plain"))
+        .collect();
+    assert_eq!(plain.len(), 2);
+    for r in plain {
+        assert_eq!(r.header("traceparent"), None);
+        assert_eq!(r.header("tracestate"), None);
+    }
     let spans2 = collector.trace(&t2);
     let p = one(&spans2, "process span", |s| s.name.starts_with("process "));
     assert_eq!(p.parent, p2, "publish --traceparent is the parent");
@@ -164,30 +182,27 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
     assert_eq!(h.parent, p.span_id);
     assert_eq!(h.attr("http.response.status_code"), Some("204"));
 
-    // Log lines about the event carry its trace and span ids.
-    let logs = worker.logs();
-    let settled: Vec<Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == "event settled" && v["span"]["event_id"] == "tr-a")
-        .collect();
-    assert_eq!(settled.len(), 2, "{logs}");
-    for (line, p) in settled.iter().zip([first, second]) {
+    // Log lines about the event carry its trace and span ids (the log writer may still
+    // hold the last ones).
+    let lines = |message: &'static str| {
+        let logs = worker.logs();
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == message && v["span"]["event_id"] == "tr-a")
+            .collect::<Vec<Value>>()
+    };
+    wait_until(LIMIT, "both attempts' settled lines", || async {
+        lines("event settled").len() == 2
+    })
+    .await;
+    for (line, p) in lines("event settled").iter().zip([first, second]) {
         assert_eq!(line["span"]["trace_id"], t1.as_str(), "{line}");
         assert_eq!(line["span"]["span_id"], p.span_id.as_str(), "{line}");
     }
-    let fetched = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "auth token fetched")
-        .expect("the token line");
-    assert_eq!(fetched["span"]["trace_id"], t1.as_str(), "{fetched}");
-}
-
-fn one_request<'a>(calls: &'a [Recorded], path: &str) -> &'a Recorded {
-    let found: Vec<&Recorded> = calls.iter().filter(|r| r.uri.starts_with(path)).collect();
-    assert_eq!(found.len(), 1, "{path}: {calls:#?}");
-    found[0]
+    let fetched = lines("auth token fetched");
+    assert_eq!(fetched.len(), 1, "{}", worker.logs());
+    assert_eq!(fetched[0]["span"]["trace_id"], t1.as_str());
+    assert_eq!(fetched[0]["span"]["span_id"], first.span_id.as_str());
 }
 
 /// `callback-dispatcher publish --traceparent`, as an operator would try it.
