@@ -14,7 +14,6 @@ use crate::event::Event;
 use crate::http;
 use crate::trace;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -115,8 +114,8 @@ pub async fn send(
     // The HTTP client span of this attempt (none when tracing is off); its context goes to
     // the receiver only when the profile asks for it (SPEC section 16).
     let span = trace::http_span(&profile.method, &url);
-    if profile.traceparent && trace::enabled() {
-        trace::inject_http(&span.context(), &mut headers);
+    if profile.traceparent {
+        trace::send_context(&span, &mut headers);
     }
     let mut req = reqwest::Request::new(profile.method.clone(), url);
     *req.headers_mut() = headers;

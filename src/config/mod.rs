@@ -2,7 +2,7 @@
 //!
 //! Loading is three steps: `${VAR}` interpolation over the text (`env`), serde into the raw
 //! structs (`raw`, `deny_unknown_fields`), and one validation per section beside its type
-//! (`amqp`, `delivery`, `retry`, `telemetry`, `tracing`, `token_cache`, `cluster`, `profile` with its `auth` and
+//! (`amqp`, `delivery`, `retry`, `telemetry`, `token_cache`, `cluster`, `profile` with its `auth` and
 //! `tls`), which check everything and collect every problem with its key path and
 //! line/column before giving up. Secrets are wrapped from the moment serde reads them and no
 //! error message quotes them.

@@ -167,6 +167,14 @@ pub fn http_span(method: &reqwest::Method, url: &reqwest::Url) -> Span {
     )
 }
 
+/// The HTTP span's context as the callback's `traceparent`/`tracestate`: only for a profile
+/// with `traceparent: true`, and only when tracing is on.
+pub fn send_context(span: &Span, headers: &mut reqwest::header::HeaderMap) {
+    if enabled() {
+        inject_http(&span.context(), headers);
+    }
+}
+
 /// The answer's status on the HTTP span; 4xx and 5xx are errors (their `error.type` the
 /// status code).
 pub fn http_answered(span: &Span, status: u16) {
