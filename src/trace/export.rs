@@ -207,3 +207,48 @@ impl HttpClient for Client {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Tracer, TracerProvider};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// A collector that never answers.
+    #[derive(Debug)]
+    struct Hangs;
+
+    impl SpanExporter for Hangs {
+        fn export(
+            &self,
+            _batch: Vec<SpanData>,
+        ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+            std::future::pending()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        let (queue, _flusher) = Queue::start(Hangs);
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(queue)
+            .build();
+        let tracer = provider.tracer("test");
+        // Let the export task take its first batch and hang on it.
+        tracer.in_span("first", |_| {});
+        tokio::time::sleep(BATCH_DELAY * 2).await;
+        let before = spans_dropped().get();
+        let extra = 1000;
+        let started = std::time::Instant::now();
+        for _ in 0..QUEUE + extra {
+            tracer.in_span("s", |_| {});
+        }
+        let took = started.elapsed();
+        assert!(
+            spans_dropped().get() - before >= extra as u64,
+            "{} dropped",
+            spans_dropped().get() - before
+        );
+        assert!(took < Duration::from_secs(5), "ending spans took {took:?}");
+    }
+}
