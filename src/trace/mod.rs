@@ -127,10 +127,13 @@ pub fn adopt(span: &Span, queue: &str, headers: Option<&FieldTable>, message_id:
     }
 }
 
-/// The event's fate on its `process` span.
+/// The event's fate on its `process` span; a dead letter marks it as an error.
 pub fn outcome(span: &Span, outcome: &str) {
     if enabled() {
         span.set_attribute("outcome", outcome.to_owned());
+        if outcome == "dead_lettered" {
+            span.set_status(opentelemetry::trace::Status::error("dead-lettered"));
+        }
     }
 }
 
