@@ -48,7 +48,9 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
     let traced_calls = Arc::new(AtomicUsize::new(0));
     let seen = traced_calls.clone();
     let receiver = Server::start(move |_, r| {
-        if r.uri.starts_with("/traced") && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+        if r.uri.starts_with("/gone") {
+            Reply::status(410)
+        } else if r.uri.starts_with("/traced") && seen.fetch_add(1, Ordering::SeqCst) == 0 {
             Reply::status(503)
         } else {
             Reply::status(204)
@@ -60,12 +62,13 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
         .traceparent(true)
         .auth(OAuth2::new(&auth.url("/token"), "client", "s3cret"));
     let plain = Profile::new("plain", &receiver.url("/plain"));
+    let gone = Profile::new("gone", &receiver.url("/gone"));
     let retry = Retry {
         max_attempts: Some(3),
         jitter: Some(0.0),
         ..Retry::backoff(secs(1), secs(5))
     };
-    let mut file = env.file(retry, [traced, plain]);
+    let mut file = env.file(retry, [traced, plain, gone]);
     file.tracing = Some(Tracing {
         service_name: Some("cbd-test".into()),
         ..Tracing::to(&collector.base)
@@ -93,6 +96,10 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
         .await;
     let (t2, p2) = (hex_id(32), hex_id(16));
     publish_by_hand(&file, "plain", "tr-b", &format!("00-{t2}-{p2}-01")).await;
+    let t4 = hex_id(32);
+    let doomed = traced_props("gone", "tr-d", &format!("00-{t4}-{}-01", hex_id(16)));
+    env.publish_many(1, move |_| (doomed.clone(), b"{}".to_vec()))
+        .await;
 
     wait_until(LIMIT, "both events delivered", || async {
         let m = worker.metrics().await;
@@ -181,6 +188,20 @@ async fn an_events_attempts_token_and_retry_are_one_trace_under_the_publishers_s
     let h = one(&spans2, "HTTP span", |s| s.name == "POST");
     assert_eq!(h.parent, p.span_id);
     assert_eq!(h.attr("http.response.status_code"), Some("204"));
+
+    // A dead letter carries its trace on, for a replay to continue it.
+    let dead = env.wait_dead(1, LIMIT).await;
+    wait_until(LIMIT, "the dead letter's span exported", || async {
+        !collector.trace(&t4).is_empty()
+    })
+    .await;
+    let spans4 = collector.trace(&t4);
+    let p = one(&spans4, "process span", |s| s.name.starts_with("process "));
+    assert_eq!(p.attr("outcome"), Some("dead_lettered"));
+    assert_eq!(
+        header_text(&dead[0], "traceparent"),
+        Some(format!("00-{t4}-{}-01", p.span_id))
+    );
 
     // Log lines about the event carry its trace and span ids (the log writer may still
     // hold the last ones).
