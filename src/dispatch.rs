@@ -65,12 +65,13 @@ impl Dispatcher {
             Err(r) => r.profile.as_deref(),
         };
         let endpoint = named.and_then(|id| snapshot.endpoint(id));
+        let process = trace::process_name(&settler.topology.queue);
         let span = tracing::info_span!(
             "event",
             event_id = read.as_ref().map_or("-", |e| e.id.as_str()),
             profile = endpoint.map_or(NO_PROFILE, |e| &*e.profile.id),
-            otel.name = tracing::field::Empty,
-            otel.kind = tracing::field::Empty,
+            otel.name = process.as_deref(),
+            otel.kind = process.as_ref().map(|_| "consumer"),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );

@@ -53,7 +53,9 @@ pub fn init_logs(
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let no_frames = tracing_subscriber::filter::filter_fn(|m| {
-        !(m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE)
+        let frames = m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE;
+        let export_only = m.is_span() && m.target() == crate::trace::EXPORT_ONLY;
+        !(frames || export_only)
     });
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)

@@ -14,7 +14,9 @@
 //!   context as `traceparent`/`tracestate`, so the next attempt is its child in the same
 //!   trace, whether the publisher or the worker started it.
 //! - Log lines inside an event's processing carry `trace_id` and `span_id`: the `event` span
-//!   records them as fields, which the JSON log shows with the span's other fields.
+//!   records them as fields, which the JSON log shows with the span's other fields. The
+//!   `token` and HTTP spans (target `callback_dispatcher::trace`) are for export only: the
+//!   log layer never sees them, so they cost no log formatting.
 
 mod carrier;
 pub mod export;
@@ -93,22 +95,28 @@ where
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
+        // A child's parent comes from its tracing parent span: no need to make the
+        // OpenTelemetry context current on every poll.
+        .with_context_activation(false)
         .with_filter(ours)
         .boxed();
     ON.store(true, Ordering::Relaxed);
     Ok(Some((layer, Tracing { provider, flusher })))
 }
 
+/// The `event` span's OpenTelemetry name, `process <queue>`, for its `otel.name` (with
+/// `otel.kind` `consumer`); `None` when tracing is off.
+pub fn process_name(queue: &str) -> Option<String> {
+    enabled().then(|| format!("process {queue}"))
+}
+
 /// Make the `event` span the `process <queue>` span: the publisher's context (AMQP headers
 /// `traceparent`/`tracestate`) as its parent, the messaging attributes, and `trace_id` and
-/// `span_id` recorded for the log lines. The span declares `otel.name`, `otel.kind`,
-/// `trace_id` and `span_id` empty.
+/// `span_id` recorded for the log lines (the span declares them empty).
 pub fn adopt(span: &Span, queue: &str, headers: Option<&FieldTable>, message_id: Option<&str>) {
     if !enabled() {
         return;
     }
-    span.record("otel.name", format!("process {queue}").as_str());
-    span.record("otel.kind", "consumer");
     let parent = extract(headers);
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
@@ -144,6 +152,9 @@ pub fn carry_on(h: &mut FieldTable) {
         inject_amqp(&Span::current().context(), h);
     }
 }
+
+/// The target of the spans that are exported only, never logged.
+pub const EXPORT_ONLY: &str = "callback_dispatcher::trace";
 
 /// The HTTP client span of one attempt, named by the method; `Span::none()` when off.
 /// `url.full` is the URL without its query, fragment or credentials.
