@@ -105,30 +105,28 @@ impl SpanProcessor for Queue {
 }
 
 async fn drain<E: SpanExporter>(mut rx: mpsc::Receiver<Msg>, exporter: E) {
+    let mut msgs: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH);
     let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
     let mut failing = false;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-        loop {
-            match next.take() {
-                Some(Msg::Span(s)) => batch.push(*s),
-                Some(Msg::Flush(done)) => {
-                    flushed.push(done);
-                    break;
+    // Wait for a first span, then let the batch fill for BATCH_DELAY without being woken by
+    // each span, and take what came (up to MAX_BATCH). Under load a full batch is queued
+    // already and there is no wait; a flush waits for none.
+    while rx.recv_many(&mut msgs, MAX_BATCH).await > 0 {
+        let flush = !flushed.is_empty() || msgs.iter().any(|m| matches!(m, Msg::Flush(_)));
+        if msgs.len() < MAX_BATCH && !flush {
+            tokio::time::sleep(BATCH_DELAY).await;
+            while msgs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
                 }
-                None => {}
             }
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
-            tokio::select! {
-                m = rx.recv() => match m {
-                    Some(m) => next = Some(m),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
+        }
+        for m in msgs.drain(..) {
+            match m {
+                Msg::Span(s) => batch.push(*s),
+                Msg::Flush(done) => flushed.push(done),
             }
         }
         if !batch.is_empty() {
@@ -157,8 +155,11 @@ async fn drain<E: SpanExporter>(mut rx: mpsc::Receiver<Msg>, exporter: E) {
                 }
             }
         }
-        for done in flushed.drain(..) {
-            let _ = done.send(());
+        // A flush is answered once everything queued before it is sent.
+        if rx.is_empty() {
+            for done in flushed.drain(..) {
+                let _ = done.send(());
+            }
         }
     }
 }

@@ -129,9 +129,17 @@ pub fn adopt(span: &Span, queue: &str, headers: Option<&FieldTable>, message_id:
     }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        span.record("trace_id", sc.trace_id().to_string().as_str());
-        span.record("span_id", sc.span_id().to_string().as_str());
+    if let (true, Some(meta)) = (sc.is_valid(), span.metadata()) {
+        // Both at once: the JSON log layer re-reads a span's fields on every record.
+        let fields = meta.fields();
+        let (trace_id, span_id) = (sc.trace_id().to_string(), sc.span_id().to_string());
+        if let (Some(t), Some(s)) = (fields.field("trace_id"), fields.field("span_id")) {
+            let values: [(&tracing::field::Field, Option<&dyn tracing::Value>); 2] = [
+                (&t, Some(&trace_id.as_str() as &dyn tracing::Value)),
+                (&s, Some(&span_id.as_str() as &dyn tracing::Value)),
+            ];
+            span.record_all(&fields.value_set(&values));
+        }
     }
 }
 
