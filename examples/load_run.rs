@@ -11,10 +11,12 @@
 //! - `protection`: a healthy profile alone, and beside a profile whose endpoint hangs until
 //!   just before the timeout (events interleaved 1:1 at first). Prints
 //!   `ratio_beside_hanging=`.
+//! - `tracing`: the `throughput` load with every trace exported (`sample_ratio: 1.0`, to a
+//!   collector that answers at once), against tracing off. Prints `ratio_tracing_on_vs_off=`.
 //!
 //! Events are queued before each consumer starts; a rate is measured at the receiver, from
 //! the first measured request to the last. Each round uses its own queues and deletes them.
-//! `load_run [SCENARIO] [EVENTS] [ROUNDS]`, SCENARIO = throughput | profiles | protection | all.
+//! `load_run [SCENARIO] [EVENTS] [ROUNDS]`, SCENARIO = throughput | profiles | protection | tracing | all.
 //!
 //! For investigating, not for the quoted figures: `LOAD_HANGING=N` hanging events (default
 //! 200), `LOAD_DELIVERY_EXTRA=", key: value"` appended to the worker's `delivery` section,
@@ -79,6 +81,7 @@ async fn servers(seen: Shared) -> anyhow::Result<String> {
                 }
             }),
         )
+        .route("/v1/traces", post(|| async { axum::http::StatusCode::OK }))
         .route(
             "/token",
             post(move || {
@@ -120,6 +123,8 @@ struct Load {
     /// Measure from the worker's start rather than from the first measured delivery (the
     /// backlog scenario: what is in front of the measured events is the point).
     from_start: bool,
+    /// Top-level sections written before `profiles` (e.g. `tracing`).
+    extra: String,
 }
 
 impl Load {
@@ -128,6 +133,7 @@ impl Load {
         Load {
             profiles: String::new(),
             events: Vec::new(),
+            extra: self.extra.clone(),
             ..*self
         }
     }
@@ -195,6 +201,12 @@ async fn run_round(
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let mut sections = load.extra.clone();
+    if load.receipts {
+        sections.push_str(&format!(
+            "receipts: {{exchange: {queue}.receipts, log: 1h}}\n"
+        ));
+    }
     let yaml = format!(
         "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}, partitions: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\n{}profiles:\n{}",
         amqp_url(),
@@ -202,11 +214,7 @@ async fn run_round(
         load.partitions,
         load.concurrency,
         std::env::var("LOAD_DELIVERY_EXTRA").unwrap_or_default(),
-        if load.receipts {
-            format!("receipts: {{exchange: {queue}.receipts, log: 1h}}\n")
-        } else {
-            String::new()
-        },
+        sections,
         load.profiles
     );
     let config_path = dir.join(format!("{queue}.yaml"));
@@ -489,6 +497,7 @@ async fn main() -> anyhow::Result<()> {
         partitions: 0,
         keys: 0,
         from_start: false,
+        extra: String::new(),
     };
     if scenario == "all" || scenario == "throughput" {
         let (ratio, rate, rss) = compare(
@@ -505,6 +514,35 @@ async fn main() -> anyhow::Result<()> {
             "throughput: worker median {rate:.0} events/s, peak RSS {rss:.1} MiB, prefetch 256, concurrency 256"
         );
         println!("ratio_vs_baseline={ratio:.3}");
+    }
+    if scenario == "all" || scenario == "tracing" {
+        // The same run with every trace exported (sample_ratio 1.0) to a collector that
+        // answers at once, against tracing off.
+        let traced = Load {
+            profiles: oauth_profile("load", &base, "/cb"),
+            events: measured(&|_| "load".into()),
+            prefetch: 256,
+            concurrency: 256,
+            extra: format!("tracing: {{otlp_endpoint: \"{base}\", sample_ratio: 1.0}}\n"),
+            receipts: false,
+            partitions: 0,
+            keys: 0,
+            from_start: false,
+        };
+        let (ratio, rate, rss) = compare(
+            "tracing",
+            rounds,
+            ("tracing on", Consumer::Worker, &traced),
+            ("tracing off", Consumer::Worker, &one),
+            &base,
+            &seen,
+            &dir,
+        )
+        .await?;
+        println!(
+            "tracing: worker with every trace exported median {rate:.0} events/s, peak RSS {rss:.1} MiB"
+        );
+        println!("ratio_tracing_on_vs_off={ratio:.3}");
     }
     if scenario == "all" || scenario == "profiles" {
         let profiles: String = (0..1000)
@@ -523,6 +561,7 @@ async fn main() -> anyhow::Result<()> {
             partitions: 0,
             keys: 0,
             from_start: false,
+            extra: String::new(),
         };
         let (ratio, rate, _) = compare(
             "profiles",
@@ -566,6 +605,7 @@ async fn main() -> anyhow::Result<()> {
             partitions: 0,
             keys: 0,
             from_start: false,
+            extra: String::new(),
         };
         let beside = Load {
             profiles,
@@ -576,6 +616,7 @@ async fn main() -> anyhow::Result<()> {
             partitions: 0,
             keys: 0,
             from_start: false,
+            extra: String::new(),
         };
         let (ratio, rate, _) = compare(
             "protection",
@@ -597,7 +638,7 @@ async fn main() -> anyhow::Result<()> {
             profiles: one.profiles.clone(),
             events: one.events.clone(),
             receipts: true,
-            ..one
+            ..one.clone_settings()
         };
         let (ratio, rate, rss) = compare(
             "receipts",
@@ -620,7 +661,7 @@ async fn main() -> anyhow::Result<()> {
             events: one.events.clone(),
             partitions,
             keys,
-            ..one
+            ..one.clone_settings()
         };
         let spread = keyed(8, 1000);
         let (ratio, rate, _) = compare(

@@ -8,7 +8,8 @@
 //! means is read in one place ([`classify`]) and the event's fate is chosen in one place
 //! ([`decide`]). Each event is processed inside one tracing span, `event`, that carries its
 //! id and profile, so every log line about it (token requests, breaker changes, the
-//! settlement) names them without passing them by hand.
+//! settlement) names them without passing them by hand. With tracing on it is also the
+//! OpenTelemetry span `process <queue>` ([`crate::trace::adopt`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -33,6 +34,7 @@ use crate::profiles::{Endpoint, Registry, Snapshot, Window};
 use crate::receipts::Receipt;
 use crate::send;
 use crate::settle::{SettleBackoff, SettleError, Settler};
+use crate::trace;
 
 /// Everything deliveries share.
 pub struct Dispatcher {
@@ -91,10 +93,21 @@ impl Dispatcher {
         };
         let endpoint = named.and_then(|id| snapshot.endpoint(id));
         let event_id = read.as_ref().map_or("-", |e| e.id.as_str());
+        let process = trace::process_name(&settler.topology.queue);
         let span = tracing::info_span!(
             "event",
             event_id,
             profile = endpoint.map_or(NO_PROFILE, |e| &*e.profile.id),
+            otel.name = process.as_deref(),
+            otel.kind = process.as_ref().map(|_| "consumer"),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        trace::adopt(
+            &span,
+            &settler.topology.queue,
+            delivery.properties.headers().as_ref(),
+            read.as_ref().ok().map(|e| e.id.as_str()),
         );
         async {
             let mut facts = match &read {
@@ -167,6 +180,7 @@ impl Dispatcher {
                 Receipt::of(&settlement, receipt_id(&delivery, event_id), named, started.elapsed(), SystemTime::now())
             });
             let event = read.as_ref().ok();
+            trace::outcome(&tracing::Span::current(), settlement.fate().as_str());
             match settler
                 .apply(&delivery, &body, event, &settlement, receipt.as_ref())
                 .await

@@ -19,7 +19,7 @@
 //! cluster    replicas share their count, rate limits, concurrency and breakers (Redis)
 //! config     YAML -> validated settings, one validation per section
 //! metrics, server   Prometheus metrics, /metrics /healthz /readyz
-//! telemetry  log output
+//! telemetry  log output; trace: OpenTelemetry spans and trace context
 //! ops        operator commands: check-config, token, publish, dead-letters, signing-key
 //! ```
 
@@ -45,6 +45,7 @@ pub mod server;
 pub mod settle;
 pub mod sign;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;
 
 pub use worker::{Worker, run};

@@ -65,6 +65,10 @@ enum Command {
         /// Publish an ordered event with this key (needs amqp.partitions).
         #[arg(long)]
         ordering_key: Option<String>,
+        /// A W3C trace context (`00-<trace id>-<span id>-<flags>`) sent as the `traceparent`
+        /// header: the worker's spans for the event join that trace.
+        #[arg(long)]
+        traceparent: Option<String>,
     },
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
@@ -126,9 +130,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _logs = match cli.command {
-        Command::Run => init_logs(config.log.format, "info"),
-        _ => init_logs(LogFormat::Text, "warn"),
+    let telemetry = match cli.command {
+        Command::Run => init_logs(config.log.format, "info", Some(&config.tracing)),
+        _ => init_logs(LogFormat::Text, "warn", None),
     };
     let printed = match cli.command {
         Command::Run => run(config, cli.config).await.map(|()| String::new()),
@@ -142,6 +146,7 @@ async fn main() -> ExitCode {
             content_type,
             count,
             ordering_key,
+            traceparent,
         } => match publish::read_body(file.as_deref()) {
             Ok(body) => {
                 let req = publish::Request {
@@ -151,6 +156,7 @@ async fn main() -> ExitCode {
                     content_type,
                     count,
                     ordering_key,
+                    traceparent,
                 };
                 publish::run(&config, &req).await
             }
@@ -181,6 +187,7 @@ async fn main() -> ExitCode {
             dead_letters::replay_report(&config, profile.as_deref(), limit).await
         }
     };
+    telemetry.flush().await;
     match printed {
         Ok(text) => {
             print!("{text}");

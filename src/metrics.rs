@@ -198,6 +198,7 @@ impl Metrics {
             (Box::new(m.receipts_failed.clone()), "counter"),
             (Box::new(m.ordered_waiting.clone()), "gauge"),
             (Box::new(m.proxy_errors.clone()), "counter"),
+            (Box::new(crate::trace::spans_dropped().clone()), "counter"),
         ];
         for (c, kind) in collectors {
             for d in c.desc() {

@@ -54,6 +54,7 @@ struct Fixed {
     amqp: [u8; 32],
     metrics: String,
     log: String,
+    tracing: String,
     token_cache: Option<[u8; 32]>,
     cluster: Option<[u8; 32]>,
     receipts: String,
@@ -72,6 +73,7 @@ impl Fixed {
             amqp: amqp.finalize().into(),
             metrics: format!("{:?}", c.metrics),
             log: format!("{:?}", c.log),
+            tracing: format!("{:?}", c.tracing),
             token_cache: c.token_cache.as_ref().map(|t| {
                 let mut h = Sha256::new();
                 h.update(t.redis.expose_secret().as_bytes());
@@ -101,6 +103,9 @@ impl Fixed {
         }
         if self.log != other.log {
             out.push("log");
+        }
+        if self.tracing != other.tracing {
+            out.push("tracing");
         }
         if self.token_cache != other.token_cache {
             out.push("token_cache");

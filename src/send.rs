@@ -12,6 +12,8 @@ use crate::config::Profile;
 use crate::decide::{Answer, Unanswered};
 use crate::event::Event;
 use crate::http;
+use crate::trace;
+use tracing::Instrument;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -109,13 +111,37 @@ pub async fn send(
             HeaderValue::try_from(signature).expect("base64 is header-safe"),
         );
     }
+    // The HTTP client span of this attempt (none when tracing is off); its context goes to
+    // the receiver only when the profile asks for it (SPEC section 16).
+    let span = trace::http_span(&profile.method, &url);
+    if profile.traceparent {
+        trace::send_context(&span, &mut headers);
+    }
     let mut req = reqwest::Request::new(profile.method.clone(), url);
     *req.headers_mut() = headers;
     *req.timeout_mut() = Some(timeout);
     if profile.sends_body() {
         *req.body_mut() = Some(event.body.clone().into());
     }
-    let sent = match client.execute(req).await {
+    let sent = answer(client, req, timeout).instrument(span.clone()).await;
+    match &sent {
+        Answer::Status { status, .. } => trace::http_answered(&span, *status),
+        Answer::Unanswered { why, .. } => trace::http_failed(
+            &span,
+            match why {
+                Unanswered::Timeout => "timeout",
+                Unanswered::Connect => "connect_error",
+                Unanswered::Blocked => "blocked_destination",
+                Unanswered::Proxy => "proxy_error",
+            },
+        ),
+    }
+    (sent, started.elapsed())
+}
+
+/// The request's outcome as an [`Answer`].
+async fn answer(client: &http::Client, req: reqwest::Request, timeout: Duration) -> Answer {
+    match client.execute(req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let retry_after = resp
@@ -158,8 +184,7 @@ pub async fn send(
                 error: e.describe(),
             },
         },
-    };
-    (sent, started.elapsed())
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +289,7 @@ mod tests {
                 concurrency: None,
                 rate_limit: None,
                 circuit_breaker: None,
+                traceparent: false,
                 tls: None,
                 proxy: None,
                 signer: Some(Signer::new(vec![

@@ -7,6 +7,9 @@
 //! the channel is gone, left to the broker's redelivery. Either way nothing is lost; at worst
 //! it is sent twice, with the same `webhook-id`.
 //!
+//! Every republish carries the current trace context on (`traceparent`/`tracestate`, see
+//! [`crate::trace::carry_on`]), so all attempts of an event are in one trace.
+//!
 //! A publish the broker refuses (nack: a full, length-limited queue) or cannot route (a
 //! missing queue) does not go back at once (SPEC section 8): the event would be redelivered
 //! and its callback re-sent in a tight loop. It is counted in `settle_failures_total`, logged
@@ -204,6 +207,7 @@ impl Settler<'_> {
             retry.first_attempt_ms = Some(unix_ms(e.first_attempt));
         }
         retry.write(&mut h);
+        crate::trace::carry_on(&mut h);
         let queue = self.topology.delay_queue(plan.queue_delay_ms);
         let result =
             publish_confirmed(self.publisher, "", &queue, body, props.with_headers(h)).await;
@@ -219,6 +223,7 @@ impl Settler<'_> {
     ) -> (String, Result<(), PublishError>) {
         let mut h: FieldTable = headers::copy(&delivery.properties, &[]);
         info.write(&mut h);
+        crate::trace::carry_on(&mut h);
         let mut props = without_expiration(&delivery.properties);
         if let Some(e) = event {
             props = props.with_message_id(e.id.as_str().into());

@@ -1,4 +1,4 @@
-//! Logs: how the process writes them, set up once by the binary.
+//! Logs and traces: how the process writes them, set up once by the binary.
 //!
 //! Design decisions:
 //! - Logs go to stderr through a writer thread that batches lines while the worker is busy
@@ -8,21 +8,54 @@
 //!   and profile, see [`crate::dispatch`]), not the whole list of enclosing spans.
 //! - lapin dumps whole AMQP frames at TRACE, the connection's SASL response (the broker
 //!   password) included: those never reach the output, whatever `RUST_LOG` says.
+//! - With `tracing.otlp_endpoint` set, the OpenTelemetry layer of [`crate::trace`] is
+//!   installed beside the log layer, with its own filter: `RUST_LOG` does not turn spans off.
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TracingConfig};
+use crate::trace::Tracing;
 
 /// Flushes the log writer when dropped; hold it for the life of the process.
 pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 
-/// Install the process's log output: `format`, level from `RUST_LOG`, else `default_level`.
-pub fn init_logs(format: LogFormat, default_level: &str) -> LogGuard {
+/// The log writer and, when on, span export; hold it for the life of the process.
+pub struct Telemetry {
+    _logs: LogGuard,
+    tracing: Option<Tracing>,
+}
+
+impl Telemetry {
+    /// Export the spans still queued, waiting at most a few seconds; before the process ends.
+    pub async fn flush(&self) {
+        if let Some(t) = &self.tracing {
+            t.flusher.flush(std::time::Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// Install the process's log output: `format`, level from `RUST_LOG`, else `default_level`;
+/// and span export when `tracing` has an endpoint (inside a Tokio runtime).
+pub fn init_logs(
+    format: LogFormat,
+    default_level: &str,
+    tracing: Option<&TracingConfig>,
+) -> Telemetry {
     use tracing_subscriber::prelude::*;
+    let (otel, tracing) = match tracing.map(crate::trace::layer) {
+        Some(Ok(Some((layer, t)))) => (Some(layer), Some(t)),
+        Some(Err(e)) => {
+            eprintln!("tracing.otlp_endpoint: {e}; spans are not exported");
+            (None, None)
+        }
+        _ => (None, None),
+    };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let no_frames = tracing_subscriber::filter::filter_fn(|m| {
-        !(m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE)
+        let frames = m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE;
+        let export_only = m.is_span() && m.target() == crate::trace::EXPORT_ONLY;
+        !(frames || export_only)
     });
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
@@ -44,7 +77,11 @@ pub fn init_logs(format: LogFormat, default_level: &str) -> LogGuard {
         LogFormat::Text => fmt.boxed(),
     };
     tracing_subscriber::registry()
+        .with(otel)
         .with(layer.with_filter(filter).with_filter(no_frames))
         .init();
-    guard
+    Telemetry {
+        _logs: guard,
+        tracing,
+    }
 }

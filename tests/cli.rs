@@ -264,6 +264,8 @@ async fn metrics_expose_exactly_the_spec_families_and_health_endpoints() {
             "callback_dispatcher_proxy_errors_total counter",
             "callback_dispatcher_receipts_failed_total counter",
             "callback_dispatcher_settle_failures_total counter",
+            // SPEC section 16: spans that could not be exported (docs/tracing.md).
+            "callback_dispatcher_spans_dropped_total counter",
             // Beyond SPEC section 7: the shared token cache's failures (docs/metrics.md).
             "callback_dispatcher_token_cache_errors_total counter",
             "callback_dispatcher_token_cache_hits_total counter",

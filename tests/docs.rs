@@ -51,6 +51,7 @@ fn every_key() -> BTreeSet<(String, String)> {
         ("retry", format!("retry: {{{PROBE}: 1}}\n{profile}")),
         ("metrics", format!("metrics: {{{PROBE}: 1}}\n{profile}")),
         ("log", format!("log: {{{PROBE}: 1}}\n{profile}")),
+        ("tracing", format!("tracing: {{{PROBE}: 1}}\n{profile}")),
         (
             "token_cache",
             format!("token_cache: {{{PROBE}: 1}}\n{profile}"),

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use tracing::Instrument;
+
 use super::oauth2::{AuthError, OAuth2, Token};
 use crate::decide::Label;
 use crate::metrics::{ProfileMetrics, TokenOutcome};
@@ -23,13 +25,39 @@ pub struct Source<'a> {
 pub async fn fetch(src: &Source<'_>) -> Result<Token, AuthError> {
     let result = match src.blocked {
         Some(why) => Err(AuthError::Blocked(why.to_owned())),
-        None => match tokio::time::timeout(src.timeout, src.oauth.fetch(src.client)).await {
-            Ok(result) => result,
-            Err(_) => Err(AuthError::Transport(format!(
-                "timed out after {}",
-                humantime::format_duration(src.timeout)
-            ))),
-        },
+        None => {
+            // The `token` span covers the request alone: the log lines below stay in the
+            // event's span, with its trace ids.
+            let span = crate::trace::token_span(src.profile);
+            let request = tokio::time::timeout(src.timeout, src.oauth.fetch(src.client));
+            match request.instrument(span.clone()).await {
+                Ok(result) => {
+                    if let Err(e) = &result {
+                        let status;
+                        let kind = match e {
+                            AuthError::Status { status: s, .. } => {
+                                status = s.to_string();
+                                status.as_str()
+                            }
+                            AuthError::Transport(_) => "transport_error",
+                            AuthError::Response(_) => "unusable_response",
+                            AuthError::Blocked(_) => "blocked_destination",
+                            AuthError::Assertion(_) => "assertion_error",
+                            AuthError::Proxy(_) => "proxy_error",
+                        };
+                        crate::trace::http_failed(&span, kind);
+                    }
+                    result
+                }
+                Err(_) => {
+                    crate::trace::http_failed(&span, "timeout");
+                    Err(AuthError::Transport(format!(
+                        "timed out after {}",
+                        humantime::format_duration(src.timeout)
+                    )))
+                }
+            }
+        }
     };
     let outcome = match &result {
         Ok(token) => {

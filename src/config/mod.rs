@@ -21,10 +21,12 @@ mod retry;
 mod telemetry;
 mod tls;
 mod token_cache;
+mod tracing;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+pub use self::tracing::TracingConfig;
 pub use amqp::AmqpConfig;
 pub use cluster::{ClusterConfig, DEFAULT_KEY_PREFIX};
 pub use delivery::{BreakerSettings, DeliveryConfig};
@@ -49,6 +51,7 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
     pub token_cache: Option<TokenCacheConfig>,
     pub cluster: Option<ClusterConfig>,
     pub receipts: Option<ReceiptsConfig>,
@@ -168,6 +171,7 @@ fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
     let retry = retry::validate(&mut issues, &raw.retry);
     let metrics = telemetry::metrics(&mut issues, &raw.metrics);
     let log = telemetry::log(&mut issues, &raw.log);
+    let tracing = tracing::validate(&mut issues, &raw.tracing);
     let token_cache = token_cache::validate(&mut issues, raw.token_cache.as_ref());
     let cluster = cluster::validate(&mut issues, raw.cluster.as_ref());
     let receipts = receipts::validate(&mut issues, raw.receipts.as_ref());
@@ -202,6 +206,7 @@ fn validate(raw: raw::RawConfig) -> Result<Config, Vec<Issue>> {
             retry,
             metrics,
             log,
+            tracing,
             token_cache,
             cluster,
             receipts,

@@ -31,6 +31,8 @@ pub struct Profile {
     pub rate_limit: Option<RateLimit>,
     /// Overrides `delivery.circuit_breaker`.
     pub circuit_breaker: Option<BreakerSettings>,
+    /// Send W3C `traceparent`/`tracestate` with this profile's callbacks (SPEC section 16).
+    pub traceparent: bool,
     pub tls: Option<Tls>,
     /// Overrides `delivery.proxy`: `Some(None)` (`proxy: ""`) is direct.
     pub proxy: Option<Option<Proxy>>,
@@ -257,6 +259,7 @@ pub(crate) fn validate(
         concurrency,
         rate_limit,
         circuit_breaker,
+        traceparent: p.traceparent.as_ref().is_some_and(|v| v.value),
         tls,
         proxy,
         signer,

@@ -24,6 +24,7 @@ pub(crate) struct RawConfig {
     pub retry: RawRetry,
     pub metrics: RawMetrics,
     pub log: RawLog,
+    pub tracing: RawTracing,
     pub token_cache: Option<S<RawTokenCache>>,
     pub cluster: Option<S<RawCluster>>,
     pub receipts: Option<S<RawReceipts>>,
@@ -87,6 +88,14 @@ pub(crate) struct RawLog {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
+pub(crate) struct RawTracing {
+    pub otlp_endpoint: Option<S<String>>,
+    pub service_name: Option<S<String>>,
+    pub sample_ratio: Option<S<f64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub(crate) struct RawTokenCache {
     /// May carry a password.
     pub redis: Option<RawSecret>,
@@ -121,6 +130,7 @@ pub(crate) struct RawProfile {
     pub concurrency: Option<S<u32>>,
     pub rate_limit: Option<S<String>>,
     pub circuit_breaker: Option<S<RawBreaker>>,
+    pub traceparent: Option<S<bool>>,
     pub tls: Option<S<RawTls>>,
     /// May carry credentials.
     pub proxy: Option<RawSecret>,

@@ -25,6 +25,8 @@ pub struct Request {
     /// An ordered event (SPEC section 15): published to `<exchange>.ordered` with this
     /// `ordering_key` header.
     pub ordering_key: Option<String>,
+    /// Sent as the `traceparent` header (SPEC section 16).
+    pub traceparent: Option<String>,
 }
 
 /// Publish and wait for every confirm; returns the message ids.
@@ -34,6 +36,23 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
             "no profile {:?} in the configuration; the worker would dead-letter it (unknown_profile)",
             req.profile
         );
+    }
+    if let Some(tp) = &req.traceparent {
+        use opentelemetry::trace::TraceContextExt;
+        let mut h = FieldTable::default();
+        h.insert(
+            crate::trace::TRACEPARENT.into(),
+            AMQPValue::LongString(LongString::from(tp.as_str())),
+        );
+        if !crate::trace::extract(Some(&h))
+            .span()
+            .span_context()
+            .is_valid()
+        {
+            bail!(
+                "--traceparent {tp:?} is not a W3C traceparent (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)"
+            );
+        }
     }
     let conn = amqp::connect(&config.amqp.url, "callback-dispatcher publish")
         .await
@@ -79,6 +98,12 @@ pub async fn publish(config: &Config, req: &Request) -> anyhow::Result<Vec<Strin
             (topology.ordered_exchange(), String::new())
         }
     };
+    if let Some(tp) = &req.traceparent {
+        headers.insert(
+            crate::trace::TRACEPARENT.into(),
+            AMQPValue::LongString(LongString::from(tp.as_str())),
+        );
+    }
     let mut ids = Vec::with_capacity(req.count as usize);
     let mut pending = Vec::with_capacity(req.count as usize);
     for n in 1..=req.count.max(1) {

@@ -60,6 +60,7 @@ impl Env {
             log: LogSection {
                 format: Some("text".into()),
             },
+            tracing: None,
             token_cache: None,
             receipts: None,
             profiles: profiles.into_iter().collect(),

@@ -49,6 +49,8 @@ pub struct ConfigFile {
     pub metrics: MetricsSection,
     pub log: LogSection,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_cache: Option<TokenCache>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipts: Option<Receipts>,
@@ -185,6 +187,27 @@ pub struct LogSection {
     pub format: Option<String>,
 }
 
+/// The `tracing` section (SPEC section 16).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tracing {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+}
+
+impl Tracing {
+    /// Spans to this collector, everything else at its default.
+    pub fn to(otlp_endpoint: &str) -> Tracing {
+        Tracing {
+            otlp_endpoint: Some(otlp_endpoint.into()),
+            ..Tracing::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Receipts {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,6 +243,8 @@ pub struct Profile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<Breaker>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
@@ -240,6 +265,7 @@ impl Profile {
             concurrency: None,
             rate_limit: None,
             circuit_breaker: None,
+            traceparent: None,
             tls: None,
             proxy: None,
             signing: None,
@@ -269,6 +295,12 @@ impl Profile {
 
     pub fn breaker(mut self, breaker: Breaker) -> Profile {
         self.circuit_breaker = Some(breaker);
+        self
+    }
+
+    /// `traceparent: on`: send the trace context with this profile's callbacks.
+    pub fn traceparent(mut self, on: bool) -> Profile {
+        self.traceparent = Some(on);
         self
     }
 

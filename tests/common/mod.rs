@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 pub use broker::*;
 pub use config::{
-    Auth, Breaker, ConfigFile, OAuth2, Profile, Receipts, Retry, Span, Tls, TokenCache, ms, secs,
+    Auth, Breaker, ConfigFile, OAuth2, Profile, Receipts, Retry, Span, Tls, TokenCache, Tracing,
+    ms, secs,
 };
 pub use http::*;
 pub use metrics::*;
