@@ -21,11 +21,23 @@ impl Running {
         self.join.await.unwrap()
     }
 
+    /// GET from the worker's HTTP listener. A request whose connection fails is sent again
+    /// (up to 5 times, 100 ms apart): on a machine running several test processes a fresh
+    /// loopback connection has been seen to close before the request went out ("connection
+    /// was not ready"), and what the tests assert is the answer, not the scrape.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let resp = reqwest::get(format!("http://{}{path}", self.metrics_addr))
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
+        let url = format!("http://{}{path}", self.metrics_addr);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match reqwest::get(&url).await {
+                Ok(resp) => return (resp.status().as_u16(), resp.text().await.unwrap()),
+                Err(e) if tries < 5 && !e.is_status() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("GET {url} failed {tries} times: {e}"),
+            }
+        }
     }
 
     /// Wait until `deliveries_total{profile, outcome="delivered"}` reaches `n`.
