@@ -12,40 +12,6 @@ use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn count_env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn profile(url: &str) -> Profile {
-    Profile::new("load", url).signing(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
-}
-
-/// Requests per webhook-id.
-fn per_id(server: &Server) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for r in server.all() {
-        *m.entry(r.header("webhook-id").unwrap()).or_default() += 1;
-    }
-    m
-}
-
-async fn publish_load(env: &Env, n: usize, tag: &str) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
-        let (start, len) = (chunk[0], chunk.len());
-        let tag = tag.to_owned();
-        env.publish_many(len, move |i| {
-            (
-                event_props(Some("load"), &format!("{tag}-{}", start + i)),
-                br#"{"n":1}"#.to_vec(),
-            )
-        })
-        .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_then_restart_delivers_every_event_at_least_once() {
     let n = count_env("CD_KILL9_EVENTS", 3000);
@@ -53,7 +19,7 @@ async fn kill_9_under_load_then_restart_delivers_every_event_at_least_once() {
     let env = Env::new("kill9");
     let file = env.file(
         Retry::backoff(ms(100), secs(1)),
-        [profile(&receiver.url("/"))],
+        [load_profile(&receiver.url("/"))],
     );
     env.config(&file);
     publish_load(&env, n, "k9").await;
@@ -98,7 +64,7 @@ async fn sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing() {
     let env = Env::new("sigterm");
     let mut file = env.file(
         Retry::backoff(ms(100), secs(1)),
-        [profile(&receiver.url("/"))],
+        [load_profile(&receiver.url("/"))],
     );
     // Room for all 200 at once.
     file.amqp.prefetch = Some(256);
@@ -156,7 +122,7 @@ async fn receiver_down_then_back_the_breaker_opens_and_every_event_arrives() {
             env.config(
                 &env.file(
                     retry,
-                    [profile(&format!("http://127.0.0.1:{port}/"))]
+                    [load_profile(&format!("http://127.0.0.1:{port}/"))]
                         .map(|p| p.breaker(Breaker::opens_after(20, secs(5)))),
                 ),
             ),
@@ -226,7 +192,7 @@ async fn a_receiver_slower_than_the_timeout_is_retried_and_nothing_leaks() {
         },
         // Not about the breaker: 40 timeouts would open it at its default of 20 in a row,
         // and whether they come in a row depends on scheduling.
-        [profile(&receiver.url("/")).breaker(Breaker::off())],
+        [load_profile(&receiver.url("/")).breaker(Breaker::off())],
     );
     file.delivery.timeout = Some(ms(500).into());
     let worker = env.start(env.config(&file)).await;

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -13,40 +12,6 @@ use common::*;
 
 static SERIAL: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn count_env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn profile(url: &str) -> Profile {
-    Profile::new("load", url).signing(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
-}
-
-/// Requests per webhook-id.
-fn per_id(server: &Server) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for r in server.all() {
-        *m.entry(r.header("webhook-id").unwrap()).or_default() += 1;
-    }
-    m
-}
-
-async fn publish_load(env: &Env, n: usize, tag: &str) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
-        let (start, len) = (chunk[0], chunk.len());
-        let tag = tag.to_owned();
-        env.publish_many(len, move |i| {
-            (
-                event_props(Some("load"), &format!("{tag}-{}", start + i)),
-                br#"{"n":1}"#.to_vec(),
-            )
-        })
-        .await;
-    }
-}
 
 fn close_all_connections() {
     rabbitmqctl(&["close_all_connections", "test: forced close"]);
@@ -60,7 +25,7 @@ async fn forced_connection_closes_twice_the_worker_reconnects_and_delivers_every
     let env = Env::new("reconnect");
     let file = env.file(
         Retry::backoff(ms(100), secs(1)),
-        [profile(&receiver.url("/"))],
+        [load_profile(&receiver.url("/"))],
     );
     let worker = env.start(env.config(&file)).await;
 
@@ -130,7 +95,7 @@ async fn a_deleted_work_queue_is_redeclared_without_leaking_a_connection() {
     let env = Env::new("cancel");
     let file = env.file(
         Retry::backoff(ms(100), secs(1)),
-        [profile(&receiver.url("/"))],
+        [load_profile(&receiver.url("/"))],
     );
     let worker = env.start(env.config(&file)).await;
     wait_until(LIMIT, "one worker connection", || async {
@@ -232,7 +197,7 @@ async fn sigterm_during_a_memory_alarm_exits_in_time_and_loses_nothing() {
             ..Retry::backoff(ms(100), secs(1))
         },
         // Not about the breaker: every event fails until the end.
-        [profile(&receiver.url("/")).breaker(Breaker::off())],
+        [load_profile(&receiver.url("/")).breaker(Breaker::off())],
     );
     env.config(&file);
     publish_load(&env, n, "al").await; // before the alarm: it blocks publishers

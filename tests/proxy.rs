@@ -7,12 +7,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::KeyPair;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -263,62 +262,6 @@ async fn proxy_credentials_never_appear_in_logs_metrics_or_errors() {
             assert!(!text.contains(&secret), "{what} shows a credential");
         }
     }
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate.
-struct Pki {
-    ca_pem: String,
-    ca_der: Vec<u8>,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "callback-dispatcher proxy test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca_pem: ca_cert.pem(),
-        ca_der: ca_cert.der().to_vec(),
-        server: leaf(vec!["127.0.0.1".into(), "localhost".into()]),
-        client: leaf(vec!["callback-dispatcher".into()]),
-    }
-}
-
-/// A TLS server that requires a client certificate from the test CA.
-fn mtls_config(pki: &Pki) -> rustls::ServerConfig {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(pki.ca_der.clone())).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from_pem_slice(pki.server.0.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(pki.server.1.as_bytes()).unwrap(),
-        )
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

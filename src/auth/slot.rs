@@ -157,7 +157,9 @@ impl TokenSlot {
     /// A change of the auth server's health that nobody has told yet; whoever takes it
     /// tells it, once.
     pub fn take_change(&self) -> Option<AuthChange> {
-        if !self.changed.swap(false, Ordering::AcqRel) {
+        // Read first: on the per-event path this is one shared load, not a write to a cache
+        // line every event of the profile touches.
+        if !self.changed.load(Ordering::Acquire) || !self.changed.swap(false, Ordering::AcqRel) {
             return None;
         }
         self.flight.lock().expect("token slot lock").change.take()

@@ -6,7 +6,9 @@
 mod broker;
 pub mod config;
 mod http;
+mod load;
 mod metrics;
+mod pki;
 mod process;
 mod redis;
 mod tinyproxy;
@@ -20,7 +22,9 @@ pub use config::{
     ms, secs,
 };
 pub use http::*;
+pub use load::*;
 pub use metrics::*;
+pub use pki::*;
 pub use process::*;
 pub use redis::*;
 pub use tinyproxy::*;
