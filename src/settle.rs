@@ -29,7 +29,7 @@ use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::headers::{self, ATTEMPT, DEFERRALS, DeadInfo, FIRST_ATTEMPT, RetryState};
-use crate::amqp::{PublishError, Topology, publish_confirmed};
+use crate::amqp::{Acks, PublishError, Topology, publish_confirmed};
 use crate::decide::{Label, Settlement};
 use crate::event::Event;
 use crate::receipts::{Receipt, Receipts};
@@ -167,6 +167,7 @@ impl Outlet {
             backoff,
             shutdown,
             receipts: self.receipts.as_deref(),
+            acks: None,
         }
     }
 }
@@ -181,9 +182,45 @@ pub struct Settler<'a> {
     pub shutdown: &'a CancellationToken,
     /// With `receipts.exchange`: each settlement's receipt goes out before the ack.
     pub receipts: Option<&'a Receipts>,
+    /// The work queue's channel batches its acks ([`crate::amqp::acks`]); without it each
+    /// delivery is acked on its own (ordered partitions).
+    pub acks: Option<&'a Acks>,
 }
 
-impl Settler<'_> {
+impl<'a> Settler<'a> {
+    /// Acks go through `acks`, the delivery's channel's batcher.
+    pub fn with_acks(self, acks: &'a Acks) -> Self {
+        Self {
+            acks: Some(acks),
+            ..self
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), lapin::Error> {
+        match self.acks {
+            Some(acks) => acks.settled(delivery.delivery_tag, &delivery.acker),
+            None => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Back to the queue; then its tag no longer holds back the batched acks.
+    async fn nack(&self, delivery: &Delivery) -> Result<(), lapin::Error> {
+        let sent = delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await;
+        // A nack that failed leaves the tag open: the channel is failing, and no later
+        // `multiple` may cover a delivery the broker still holds unsettled.
+        if let (Some(acks), Ok(_)) = (self.acks, &sent) {
+            acks.released(delivery.delivery_tag);
+        }
+        sent.map(|_| ())
+    }
     /// The event back into a delay queue with `set` changed in its headers, keeping its id
     /// and when it was first attempted (`max_age` counts from it when the event has no
     /// usable AMQP timestamp: none, or one too far in the future).
@@ -248,12 +285,7 @@ impl Settler<'_> {
         let (queue, published) = match settlement {
             Settlement::Delivered { .. } => (String::new(), Ok(())),
             Settlement::Requeue => {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
+                self.nack(delivery).await?;
                 return Ok(());
             }
             Settlement::Retry { plan, attempts, .. } => {
@@ -290,19 +322,14 @@ impl Settler<'_> {
                 if let (Some(receipts), Some(receipt)) = (self.receipts, receipt) {
                     receipts.publish(self.publisher, receipt).await;
                 }
-                delivery.ack(BasicAckOptions::default()).await?;
+                self.ack(delivery).await?;
                 return Ok(());
             }
             Err(e @ (PublishError::Nacked | PublishError::Unroutable(_))) => e,
             Err(e) => {
                 // The channel failed: back to the queue at once; if the channel is gone the
                 // broker does it.
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = self.nack(delivery).await;
                 return Err(e.into());
             }
         };
@@ -318,12 +345,7 @@ impl Settler<'_> {
             () = tokio::time::sleep(wait) => {}
             () = self.shutdown.cancelled() => {}
         }
-        let _ = delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await;
+        let _ = self.nack(delivery).await;
         Err(SettleError::Refused { queue })
     }
 }

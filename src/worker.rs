@@ -36,7 +36,7 @@ mod drain;
 
 use drain::Consuming;
 
-use crate::amqp::{self, Topology, TopologyError};
+use crate::amqp::{self, Acks, Topology, TopologyError};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
@@ -374,6 +374,14 @@ impl Supervisor {
             tokio::spawn(feed.clone().run(p.consumer));
             ordered.push((p.channel, p.tag));
         }
+        // The work queue's acks, batched (see `amqp::acks`); stopped after the drain so that
+        // the last ones go out before the channel closes.
+        let acks = Arc::new(Acks::default());
+        let acks_stop = CancellationToken::new();
+        let acking = tokio::spawn({
+            let (acks, stop) = (acks.clone(), acks_stop.clone());
+            async move { acks.run(stop).await }
+        });
         let end = loop {
             let next = tokio::select! {
                 biased;
@@ -397,10 +405,11 @@ impl Supervisor {
                 Some(Err(e)) => break End::Lost(format!("consumer: {e}")),
                 None => break End::Lost("consumer cancelled by the broker".into()),
             };
-            let (d, out) = (d.clone(), out.clone());
+            let (d, out, acks) = (d.clone(), out.clone(), acks.clone());
+            acks.received(delivery.delivery_tag);
             let inflight = Inflight::new(&d.metrics);
             tracker.spawn(async move {
-                let settler = out.settler(&d.settle_backoff, &d.shutdown);
+                let settler = out.settler(&d.settle_backoff, &d.shutdown).with_acks(&acks);
                 d.handle(&settler, delivery).await;
                 drop(inflight);
             });
@@ -416,8 +425,17 @@ impl Supervisor {
                 publisher: &publisher,
                 tag: &tag,
                 ordered: &ordered,
+                acks: (&acks_stop, acking),
             };
             self.drain(consuming, &tracker).await;
+        } else {
+            // Deliveries in flight on a channel that may still be healthy (a cancelled
+            // consumer) settle and are acked; then the batcher stops.
+            let (tracker, stop) = (tracker.clone(), acks_stop);
+            tokio::spawn(async move {
+                tracker.wait().await;
+                stop.cancel();
+            });
         }
         Ok(end)
     }

@@ -1,10 +1,12 @@
 //! Everything AMQP: connecting and publishing with confirms, the broker objects the worker
 //! declares, and the message headers it reads and writes.
 
+pub mod acks;
 pub mod connection;
 pub mod headers;
 pub mod topology;
 
+pub use acks::Acks;
 pub use connection::{
     PublishError, confirmed, connect, publish_confirmed, publish_mandatory, redacted,
 };

@@ -3,6 +3,8 @@
 
 use lapin::options::BasicCancelOptions;
 use lapin::{Channel, Connection};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Supervisor, bounded};
@@ -16,6 +18,8 @@ pub(super) struct Consuming<'a> {
     pub tag: &'a str,
     /// Each partition's channel and consumer tag (SPEC section 15).
     pub ordered: &'a [(Channel, String)],
+    /// Stops the work queue's ack batcher, which then sends what it holds.
+    pub acks: (&'a CancellationToken, JoinHandle<()>),
 }
 
 impl Supervisor {
@@ -30,6 +34,7 @@ impl Supervisor {
             publisher,
             tag,
             ordered,
+            acks: (acks_stop, acking),
         } = c;
         let limit = self.dispatcher.registry.load().delivery.timeout;
         bounded(
@@ -56,6 +61,8 @@ impl Supervisor {
                 "shutdown limit reached; unsettled events return to the queue"
             );
         }
+        acks_stop.cancel();
+        bounded("sending the last acks", acking).await;
         bounded("closing the channel", channel.close(200, "shutdown".into())).await;
         for (ch, _) in ordered {
             bounded(

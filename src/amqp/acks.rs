@@ -1,0 +1,229 @@
+//! Acks for the work queue's channel, several per frame.
+//!
+//! Each settled event is acked as before, after its settlement is confirmed; what changes is
+//! how the acks travel. One `basic.ack` with `multiple` acknowledges every delivery of the
+//! channel up to its tag, and on a quorum queue each ack frame is a command the queue
+//! replicates: one frame for many events is work the broker does not do.
+//!
+//! `multiple` is only safe up to the oldest delivery that is still open (being processed,
+//! waiting, or left unacknowledged on purpose): it would acknowledge that one too. So the
+//! channel's open tags are tracked ([`Acks::received`]) and a batch is cut by [`plan`], a
+//! pure function:
+//!
+//! - settled events below the oldest open tag: one ack, `multiple`, at the highest of them;
+//! - settled events above it are held while the oldest open event is young (under
+//!   [`HOLD`]), because it usually settles within milliseconds and then one frame covers all;
+//!   once it is older (a slow endpoint, an event left unacknowledged), they are acked one by
+//!   one at once, so a slow event never keeps finished ones in the prefetch window.
+//!
+//! A nack is sent before its tag is released ([`Acks::released`]): a later `multiple` must
+//! never cover a delivery that is on its way back to the queue. A crash between a settlement
+//! and its ack re-delivers the event (same `webhook-id`), as it did before; holding an ack
+//! for at most [`HOLD`] only widens that window a little. At shutdown [`Acks::flush`] sends
+//! whatever is held before the channel closes. Ordered partitions (SPEC section 15) keep one
+//! ack per event: their deliveries settle one key at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lapin::Acker;
+use lapin::options::BasicAckOptions;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How long settled events wait for a young oldest-open event before they are acked alone.
+pub const HOLD: Duration = Duration::from_millis(50);
+
+/// The open and settled deliveries of one consuming channel.
+#[derive(Default)]
+pub struct Acks {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Delivered and neither acked nor nacked: tag -> when it arrived.
+    open: BTreeMap<u64, Instant>,
+    /// Settled, their ack not sent yet.
+    settled: Vec<(u64, Acker)>,
+    /// Settled and waiting for a young oldest-open delivery (see [`plan`]).
+    held: Vec<(u64, Acker)>,
+}
+
+/// One round of acks: at most one `multiple`, then single ones.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan<T> {
+    pub multiple: Option<T>,
+    pub single: Vec<T>,
+    /// When the held ones must be looked at again, if any are held.
+    pub recheck_at: Option<Instant>,
+}
+
+/// Cut `held` (settled, not yet acked) into this round's acks, keeping in `held` what waits
+/// for the oldest open delivery `oldest` (its tag and arrival).
+pub fn plan<T>(
+    held: &mut Vec<(u64, T)>,
+    oldest: Option<(u64, Instant)>,
+    now: Instant,
+) -> Plan<T> {
+    let mut out = Plan {
+        multiple: None,
+        single: Vec::new(),
+        recheck_at: None,
+    };
+    let (below, above): (Vec<_>, Vec<_>) = std::mem::take(held)
+        .into_iter()
+        .partition(|(tag, _)| oldest.is_none_or(|(low, _)| *tag < low));
+    out.multiple = below.into_iter().max_by_key(|(tag, _)| *tag).map(|(_, a)| a);
+    if let Some((_, since)) = oldest
+        && !above.is_empty()
+    {
+        if now.saturating_duration_since(since) >= HOLD {
+            out.single = above.into_iter().map(|(_, a)| a).collect();
+        } else {
+            *held = above;
+            out.recheck_at = Some(since + HOLD);
+        }
+    }
+    out
+}
+
+impl Acks {
+    /// A delivery arrived on the channel: it is open until settled or released.
+    pub fn received(&self, tag: u64) {
+        let mut s = self.state.lock().expect("acks lock");
+        s.open.insert(tag, Instant::now());
+    }
+
+    /// Its settlement is confirmed: ack it (now or with the next batch).
+    pub fn settled(&self, tag: u64, acker: &Acker) {
+        {
+            let mut s = self.state.lock().expect("acks lock");
+            s.open.remove(&tag);
+            s.settled.push((tag, acker.clone()));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Nacked (the nack already sent): no longer open, nothing to ack.
+    pub fn released(&self, tag: u64) {
+        let mut s = self.state.lock().expect("acks lock");
+        s.open.remove(&tag);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Sends the acks as settlements come in, until `stop`; then sends whatever is left (see
+    /// [`Acks::flush`]) and returns, so that the channel can close after it.
+    pub async fn run(&self, stop: CancellationToken) {
+        let mut recheck_at: Option<Instant> = None;
+        loop {
+            let wait = async {
+                match recheck_at {
+                    Some(at) => {
+                        tokio::select! {
+                            () = self.wake.notified() => {}
+                            () = tokio::time::sleep_until(at.into()) => {}
+                        }
+                    }
+                    None => self.wake.notified().await,
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return self.flush().await,
+                () = wait => {}
+            }
+            // Settlements finishing at the same moment join this round.
+            tokio::task::yield_now().await;
+            let round = self.take();
+            recheck_at = round.recheck_at;
+            if send(round).await.is_err() {
+                // The channel is gone: the broker returns its unacked deliveries.
+                return;
+            }
+        }
+    }
+
+    /// Everything settled, acked now (shutdown, before the channel closes).
+    async fn flush(&self) {
+        let all = {
+            let mut s = self.state.lock().expect("acks lock");
+            let mut all = std::mem::take(&mut s.held);
+            all.append(&mut s.settled);
+            all
+        };
+        for (_, acker) in all {
+            let _ = acker.ack(BasicAckOptions::default()).await;
+        }
+    }
+
+    fn take(&self) -> Plan<Acker> {
+        let mut guard = self.state.lock().expect("acks lock");
+        let s = &mut *guard;
+        s.held.append(&mut s.settled);
+        let oldest = s.open.first_key_value().map(|(t, at)| (*t, *at));
+        plan(&mut s.held, oldest, Instant::now())
+    }
+}
+
+async fn send(round: Plan<Acker>) -> Result<(), lapin::Error> {
+    if let Some(a) = round.multiple {
+        a.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    for a in round.single {
+        a.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(p: &Plan<u64>) -> (Option<u64>, Vec<u64>) {
+        (p.multiple, p.single.clone())
+    }
+
+    #[test]
+    fn a_batch_is_cut_at_the_oldest_open_delivery() {
+        let t0 = Instant::now();
+        let young = Some((5, t0));
+        let old = Some((5, t0));
+        let later = t0 + HOLD;
+        // (settled, oldest open, now) -> (multiple at, single, still held)
+        let cases: [(&[u64], Option<(u64, Instant)>, Instant, Option<u64>, &[u64], &[u64]); 6] = [
+            // Nothing open: one frame for all.
+            (&[3, 1, 2], None, t0, Some(3), &[], &[]),
+            // Below the open one: one frame; above it: held while it is young.
+            (&[1, 4, 7, 9], young, t0, Some(4), &[], &[7, 9]),
+            // Above an open one that is old: each at once.
+            (&[1, 7, 9], old, later, Some(1), &[7, 9], &[]),
+            // Only above, young: all held.
+            (&[8], young, t0 + Duration::from_millis(10), None, &[], &[8]),
+            // Nothing settled.
+            (&[], young, t0, None, &[], &[]),
+            (&[], None, t0, None, &[], &[]),
+        ];
+        for (settled, oldest, now, multiple, single, kept) in cases {
+            let mut held: Vec<(u64, u64)> = settled.iter().map(|t| (*t, *t)).collect();
+            let p = plan(&mut held, oldest, now);
+            assert_eq!(tags(&p), (multiple, single.to_vec()), "{settled:?}");
+            let kept_now: Vec<u64> = held.iter().map(|(t, _)| *t).collect();
+            assert_eq!(kept_now, kept, "{settled:?}");
+            assert_eq!(p.recheck_at.is_some(), !kept.is_empty(), "{settled:?}");
+        }
+    }
+
+    #[test]
+    fn held_acks_are_looked_at_again_when_the_oldest_turns_old() {
+        let t0 = Instant::now();
+        let mut held = vec![(9, 9u64)];
+        let p = plan(&mut held, Some((2, t0)), t0 + Duration::from_millis(20));
+        assert_eq!(p.recheck_at, Some(t0 + HOLD));
+        let p = plan(&mut held, Some((2, t0)), t0 + HOLD);
+        assert_eq!(tags(&p), (None, vec![9]));
+        assert!(held.is_empty());
+    }
+}
