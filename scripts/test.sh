@@ -3,8 +3,9 @@
 #
 # With cargo-nextest (installed here; `cargo install cargo-nextest --locked` elsewhere) the
 # tests run as separate processes, three at a time, and tests/faults.rs, whose tests change
-# the broker's global state (forced connection closes, a memory alarm), runs afterwards
-# alone, one test at a time. Without it, `cargo test` runs every test binary in turn.
+# the broker's global state (forced connection closes, a memory alarm, a broker restart),
+# runs afterwards alone, one test at a time. Without it, `cargo test` runs every test binary
+# in turn.
 # Benchmarks are linted (clippy --all-targets) and run with `cargo bench`, not here.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,8 @@
 //! Ordered delivery per key (SPEC section 15) on the real broker: the consistent-hash
 //! exchange, partitions with a single active consumer, a failing head holding back only its
-//! key, a dead-lettered head letting its key move on, and order kept across a kill -9.
+//! key, a dead-lettered head letting its key move on, order kept across a kill -9, and a
+//! quorum queue returning a closed channel's unacknowledged messages in order. The broker
+//! restart is in tests/faults.rs (it stops the broker for every test).
 
 mod common;
 
@@ -9,74 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::*;
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
-
-/// Publish `events` (key, id) to the ordered exchange, in order, on one channel, with
-/// confirms: what SPEC section 15 asks of a publisher.
-async fn publish_ordered(env: &Env, profile: &str, events: &[(String, String)]) {
-    let conn = env.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let exchange = format!("{}.ordered", env.queue);
-    let mut pending = Vec::new();
-    for (key, id) in events {
-        let mut headers = FieldTable::default();
-        headers.insert("profile".into(), text(profile));
-        headers.insert("ordering_key".into(), text(key));
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        pending.push(
-            ch.basic_publish(
-                exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                b"{}",
-                props,
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for p in pending {
-        assert_eq!(p.await.unwrap(), lapin::Confirmation::Ack(None));
-    }
-    conn.close(200, "".into()).await.unwrap();
-}
-
-/// `<key>-<nn>`, interleaved key by key: A-00, B-00, C-00, A-01, ...
-fn events(keys: &[&str], per_key: usize) -> Vec<(String, String)> {
-    (0..per_key)
-        .flat_map(|i| {
-            keys.iter()
-                .map(move |k| (k.to_string(), format!("{k}-{i:02}")))
-        })
-        .collect()
-}
-
-/// Per key, the ids in the order of their first 2xx; and every id received.
-fn first_successes(receiver: &Server) -> (HashMap<String, Vec<String>>, Vec<String>) {
-    let mut seen = HashSet::new();
-    let mut order: HashMap<String, Vec<String>> = HashMap::new();
-    let mut all = Vec::new();
-    for r in receiver.all() {
-        let id = r.header("webhook-id").unwrap();
-        all.push(id.clone());
-        if r.status == 204 && seen.insert(id.clone()) {
-            let key = id.split('-').next().unwrap().to_owned();
-            order.entry(key).or_default().push(id);
-        }
-    }
-    (order, all)
-}
 
 /// A receiver answering 204, except what `fail` says (by id and the how-many-th request for
 /// it).
@@ -95,12 +29,6 @@ async fn receiver(fail: impl Fn(&str, u32) -> Option<u16> + Send + Sync + 'stati
     .await
 }
 
-fn ordered_file(env: &Env, partitions: u32, retry: Retry, profile: Profile) -> ConfigFile {
-    let mut file = env.file(retry, [profile]);
-    file.amqp.partitions = Some(partitions);
-    file
-}
-
 #[tokio::test]
 async fn a_failing_head_holds_back_only_its_own_key() {
     let env = Env::new("ord");
@@ -115,7 +43,7 @@ async fn a_failing_head_holds_back_only_its_own_key() {
     // One partition: the three keys share it, so "other keys go on" holds inside it.
     let file = ordered_file(&env, 1, retry, Profile::new("o", &receiver.url("/")));
     let worker = env.start(env.config(&file)).await;
-    publish_ordered(&env, "o", &events(&["A", "B", "C"], 30)).await;
+    publish_ordered(&env, "o", &ordered_events(&["A", "B", "C"], 30)).await;
     // Unordered events beside them are not held back either.
     env.publish_many(20, |i| {
         (event_props(Some("o"), &format!("U-{i:02}")), b"{}".to_vec())
@@ -184,7 +112,7 @@ async fn a_dead_lettered_head_lets_its_key_move_on() {
     };
     let file = ordered_file(&env, 2, retry, Profile::new("d", &receiver.url("/")));
     let worker = env.start(env.config(&file)).await;
-    publish_ordered(&env, "d", &events(&["K"], 3)).await;
+    publish_ordered(&env, "d", &ordered_events(&["K"], 3)).await;
     let dead = env.wait_dead(1, secs(60)).await;
     worker.wait_delivered("d", 2).await;
     worker.stop().await.unwrap();
@@ -218,7 +146,7 @@ async fn order_per_key_survives_a_kill_9_and_the_other_replica_takes_over() {
     first.wait_ready().await;
     let second = Process::spawn(&file, "warn");
     second.wait_ready().await;
-    let published = events(&keys, 50);
+    let published = ordered_events(&keys, 50);
     publish_ordered(&env, "r", &published).await;
     wait_until(secs(60), "some deliveries before the kill", || async {
         receiver.count() >= 100
@@ -247,4 +175,109 @@ async fn order_per_key_survives_a_kill_9_and_the_other_replica_takes_over() {
         second.metrics().await.deliveries("r", "delivered") > 0.0,
         "the standby took over"
     );
+}
+
+/// What the design above rests on, checked rather than assumed: a quorum queue returns the
+/// messages a closed channel held unacknowledged to their places, so the next consumer gets
+/// them in their original order (and before anything behind them), not only after a kill -9
+/// but after any channel close.
+#[tokio::test]
+async fn a_closed_channel_returns_its_unacked_messages_in_order() {
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let env = Env::new("qqreturn");
+    let queue = env.queue.as_str();
+    let conn = env.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    // Gone a minute after its last use, even if this test fails before deleting it.
+    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 1..=20 {
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            format!("{i}").as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+
+    // Take `n` messages on a fresh channel with this prefetch; ack those `ack` picks, leave
+    // the rest unacknowledged, then close the channel. Returns (body, redelivered).
+    let take = |prefetch: u16, n: usize, ack: fn(u32) -> bool| {
+        let conn = &conn;
+        async move {
+            let ch = conn.create_channel().await.unwrap();
+            ch.basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .unwrap();
+            let mut consumer = ch
+                .basic_consume(
+                    queue.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < n {
+                let d = tokio::time::timeout(secs(30), consumer.next())
+                    .await
+                    .expect("a message within 30 s")
+                    .unwrap()
+                    .unwrap();
+                let body: u32 = std::str::from_utf8(&d.data).unwrap().parse().unwrap();
+                if ack(body) {
+                    d.ack(BasicAckOptions::default()).await.unwrap();
+                }
+                got.push((body, d.redelivered));
+            }
+            ch.close(200, "".into()).await.unwrap();
+            got
+        }
+    };
+    // The first consumer holds 1..=10 (its prefetch), acks the multiples of 3, closes.
+    let first = take(10, 10, |b| b % 3 == 0).await;
+    assert_eq!(
+        first,
+        (1..=10).map(|b| (b, false)).collect::<Vec<_>>(),
+        "first delivery in publish order"
+    );
+    // The next one gets the seven left unacked back in their order, then 11..=20, none lost
+    // (the first channel may have been sent some of 11..=13 as its acks freed the window:
+    // those come back too, in their places).
+    let second = take(20, 17, |_| true).await;
+    let bodies: Vec<u32> = second.iter().map(|(b, _)| *b).collect();
+    let want: Vec<u32> = (1..=10).filter(|b| b % 3 != 0).chain(11..=20).collect();
+    assert_eq!(bodies, want, "returned messages first, in their order");
+    assert!(second[..7].iter().all(|(_, redelivered)| *redelivered));
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close(200, "".into()).await.unwrap();
 }

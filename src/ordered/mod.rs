@@ -18,10 +18,10 @@
 //!   [`Attempts`], in the process, so `max_attempts` holds even when a closed channel
 //!   returns the event; `max_age` holds through the event's timestamp.
 //! - Nothing of a key is ever taken off its queue before its turn, so no crash can reorder
-//!   it: after a kill -9, a lost connection or a failover, the broker returns the
-//!   unacknowledged events to the partition's queue in their places and the next active
-//!   consumer starts again from the oldest. A callback may be repeated (same `webhook-id`),
-//!   but no event's first 2xx can precede that of an earlier event of its key.
+//!   it: after a kill -9, a lost connection, a broker restart or a failover, the broker
+//!   returns the unacknowledged events to the partition's queue in their places and the next
+//!   active consumer starts again from the oldest. A callback may be repeated (same
+//!   `webhook-id`), but no event's first 2xx can precede that of an earlier event of its key.
 //! - The memory bound: each partition's channel has a prefetch of `amqp.prefetch / N`
 //!   (rounded up), so ordered events add at most about one `amqp.prefetch` of events in
 //!   memory. The limit of this design: a key whose head keeps failing holds its later events

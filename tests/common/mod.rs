@@ -8,6 +8,7 @@ pub mod config;
 mod http;
 mod load;
 mod metrics;
+mod ordered;
 mod pki;
 mod process;
 mod redis;
@@ -24,6 +25,7 @@ pub use config::{
 pub use http::*;
 pub use load::*;
 pub use metrics::*;
+pub use ordered::*;
 pub use pki::*;
 pub use process::*;
 pub use redis::*;
