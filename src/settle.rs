@@ -198,9 +198,17 @@ impl<'a> Settler<'a> {
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), lapin::Error> {
         match self.acks {
-            Some(acks) => acks.settled(delivery.delivery_tag, &delivery.acker),
             None => {
                 delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Some(acks) => {
+                if !acks.settled(delivery.delivery_tag, &delivery.acker) {
+                    let sent = delivery.ack(BasicAckOptions::default()).await;
+                    // Sent or failed (the channel is going), its tag no longer holds the
+                    // batches back.
+                    acks.released(delivery.delivery_tag);
+                    sent?;
+                }
             }
         }
         Ok(())

@@ -93,6 +93,20 @@ async fn sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing() {
     );
     let logs = worker.logs();
     assert!(logs.contains("settling deliveries in flight"), "{logs}");
+    // Every event settled within the grace was acked before the channel closed (acks that
+    // were waiting for a batch included): once the broker has dropped the consumer, nothing
+    // is back on the queue.
+    if !logs.contains("shutdown limit reached") {
+        wait_until(LIMIT, "the worker's consumer gone", || async {
+            env.queue_counts().await.1 == 0
+        })
+        .await;
+        let (ready, _) = env.queue_counts().await;
+        assert_eq!(
+            ready, 0,
+            "settled events back on the queue after SIGTERM; logs:\n{logs}"
+        );
+    }
     let restarted = Process::spawn(&file, "warn");
     wait_until(LIMIT, "all delivered after restart", || async {
         per_id(&receiver).len() == n

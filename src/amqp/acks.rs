@@ -14,7 +14,9 @@
 //! - settled events above it are held while the oldest open event is young (under
 //!   [`HOLD`]), because it usually settles within milliseconds and then one frame covers all;
 //!   once it is older (a slow endpoint, an event left unacknowledged), they are acked one by
-//!   one at once, so a slow event never keeps finished ones in the prefetch window.
+//!   one at once, by the settling task itself ([`Acks::settled`] says so), so a slow event
+//!   never keeps finished ones in the prefetch window and the acks it blocks cost what they
+//!   cost before batching.
 //!
 //! A nack is sent before its tag is released ([`Acks::released`]): a later `multiple` must
 //! never cover a delivery that is on its way back to the queue. A crash between a settlement
@@ -63,11 +65,7 @@ pub struct Plan<T> {
 
 /// Cut `held` (settled, not yet acked) into this round's acks, keeping in `held` what waits
 /// for the oldest open delivery `oldest` (its tag and arrival).
-pub fn plan<T>(
-    held: &mut Vec<(u64, T)>,
-    oldest: Option<(u64, Instant)>,
-    now: Instant,
-) -> Plan<T> {
+pub fn plan<T>(held: &mut Vec<(u64, T)>, oldest: Option<(u64, Instant)>, now: Instant) -> Plan<T> {
     let mut out = Plan {
         multiple: None,
         single: Vec::new(),
@@ -76,7 +74,10 @@ pub fn plan<T>(
     let (below, above): (Vec<_>, Vec<_>) = std::mem::take(held)
         .into_iter()
         .partition(|(tag, _)| oldest.is_none_or(|(low, _)| *tag < low));
-    out.multiple = below.into_iter().max_by_key(|(tag, _)| *tag).map(|(_, a)| a);
+    out.multiple = below
+        .into_iter()
+        .max_by_key(|(tag, _)| *tag)
+        .map(|(_, a)| a);
     if let Some((_, since)) = oldest
         && !above.is_empty()
     {
@@ -97,17 +98,29 @@ impl Acks {
         s.open.insert(tag, Instant::now());
     }
 
-    /// Its settlement is confirmed: ack it (now or with the next batch).
-    pub fn settled(&self, tag: u64, acker: &Acker) {
+    /// Its settlement is confirmed: its ack joins the next batch (`true`), or, when it sits
+    /// above an open delivery that is already old (see [`plan`]), the caller sends it at once
+    /// on its own (`false`), as every task did before batching: a batch cannot cover it. The
+    /// tag then stays open until the caller says it was sent ([`Acks::released`]): a
+    /// `multiple` sent before it would cover it, and the broker closes a channel that acks a
+    /// tag twice.
+    pub fn settled(&self, tag: u64, acker: &Acker) -> bool {
         {
             let mut s = self.state.lock().expect("acks lock");
+            if let Some((low, since)) = s.open.first_key_value()
+                && tag > *low
+                && since.elapsed() >= HOLD
+            {
+                return false;
+            }
             s.open.remove(&tag);
             s.settled.push((tag, acker.clone()));
         }
         self.wake.notify_one();
+        true
     }
 
-    /// Nacked (the nack already sent): no longer open, nothing to ack.
+    /// Nacked, or acked on its own (the frame sent): no longer open, nothing to ack.
     pub fn released(&self, tag: u64) {
         let mut s = self.state.lock().expect("acks lock");
         s.open.remove(&tag);
@@ -154,9 +167,8 @@ impl Acks {
             all.append(&mut s.settled);
             all
         };
-        for (_, acker) in all {
-            let _ = acker.ack(BasicAckOptions::default()).await;
-        }
+        let acks = all.iter().map(|(_, a)| a.ack(BasicAckOptions::default()));
+        futures_util::future::join_all(acks).await;
     }
 
     fn take(&self) -> Plan<Acker> {
@@ -168,12 +180,17 @@ impl Acks {
     }
 }
 
+/// The multiple ack first, then the single ones, all on their way at once.
 async fn send(round: Plan<Acker>) -> Result<(), lapin::Error> {
     if let Some(a) = round.multiple {
         a.ack(BasicAckOptions { multiple: true }).await?;
     }
-    for a in round.single {
-        a.ack(BasicAckOptions::default()).await?;
+    let singles = round
+        .single
+        .iter()
+        .map(|a| a.ack(BasicAckOptions::default()));
+    for sent in futures_util::future::join_all(singles).await {
+        sent?;
     }
     Ok(())
 }
@@ -193,7 +210,14 @@ mod tests {
         let old = Some((5, t0));
         let later = t0 + HOLD;
         // (settled, oldest open, now) -> (multiple at, single, still held)
-        let cases: [(&[u64], Option<(u64, Instant)>, Instant, Option<u64>, &[u64], &[u64]); 6] = [
+        let cases: [(
+            &[u64],
+            Option<(u64, Instant)>,
+            Instant,
+            Option<u64>,
+            &[u64],
+            &[u64],
+        ); 6] = [
             // Nothing open: one frame for all.
             (&[3, 1, 2], None, t0, Some(3), &[], &[]),
             // Below the open one: one frame; above it: held while it is young.

@@ -99,9 +99,16 @@ impl Feed {
                     }
                 }
                 OrderedEnd::Left => {
-                    // Behind an unsettled head: back to the broker in order, after it.
+                    // Behind an unsettled head: back to the broker in order, after it. A
+                    // refused settlement has nacked the head already, so nacks keep the order.
+                    // At shutdown (or with the channel gone) the head is still held: a nack
+                    // now would put the rest ahead of it, so they stay unacknowledged and
+                    // return with it, in their places, when the channel closes.
                     let rest = self.lanes.abandon(&lane);
                     self.waiting(&lane).sub(rest.len() as i64);
+                    if d.shutdown.is_cancelled() {
+                        continue;
+                    }
                     for d in rest {
                         let _ = d
                             .nack(BasicNackOptions {

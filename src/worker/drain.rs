@@ -1,6 +1,8 @@
 //! Shutdown of a session: stop consuming, let deliveries in flight settle within the grace,
 //! close every channel and connection, each step bounded.
 
+use std::time::Duration;
+
 use lapin::options::BasicCancelOptions;
 use lapin::{Channel, Connection};
 use tokio::task::JoinHandle;
@@ -8,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Supervisor, bounded};
+
+/// How long the acks of a drain are given to take effect before the channels close.
+const ACK_GRACE: Duration = Duration::from_millis(500);
 
 /// What a session consumes with.
 pub(super) struct Consuming<'a> {
@@ -50,8 +55,9 @@ impl Supervisor {
             .await;
         }
         self.dispatcher.shutdown.cancel();
+        let in_flight = tracker.len();
         tracing::info!(
-            in_flight = tracker.len(),
+            in_flight,
             limit_ms = limit.as_millis() as u64,
             "shutting down: settling deliveries in flight"
         );
@@ -63,6 +69,12 @@ impl Supervisor {
         }
         acks_stop.cancel();
         bounded("sending the last acks", acking).await;
+        if in_flight > 0 {
+            // A quorum queue may return deliveries whose acks reached the broker just before
+            // their channel closed (rabbitmq-server#10327: the channel still held the settle
+            // commands); a settled event would then be sent again by the next consumer.
+            tokio::time::sleep(ACK_GRACE).await;
+        }
         bounded("closing the channel", channel.close(200, "shutdown".into())).await;
         for (ch, _) in ordered {
             bounded(

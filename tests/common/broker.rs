@@ -10,7 +10,7 @@ use callback_dispatcher::amqp::Topology;
 use callback_dispatcher::config::Config;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeleteOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -136,6 +136,25 @@ impl Env {
         let body = body.to_vec();
         self.publish_many(1, move |_| (props.clone(), body.clone()))
             .await;
+    }
+
+    /// The work queue's (messages ready, consumers), from a passive declare.
+    pub async fn queue_counts(&self) -> (u32, u32) {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        conn.close(200, "".into()).await.unwrap();
+        (q.message_count(), q.consumer_count())
     }
 
     /// Take every message off the dead-letter queue.
