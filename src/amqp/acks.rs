@@ -199,6 +199,16 @@ async fn send(round: Plan<Acker>) -> Result<(), lapin::Error> {
 mod tests {
     use super::*;
 
+    /// (settled, oldest open, now, multiple at, single, still held)
+    type Case = (
+        &'static [u64],
+        Option<(u64, Instant)>,
+        Instant,
+        Option<u64>,
+        &'static [u64],
+        &'static [u64],
+    );
+
     fn tags(p: &Plan<u64>) -> (Option<u64>, Vec<u64>) {
         (p.multiple, p.single.clone())
     }
@@ -210,14 +220,7 @@ mod tests {
         let old = Some((5, t0));
         let later = t0 + HOLD;
         // (settled, oldest open, now) -> (multiple at, single, still held)
-        let cases: [(
-            &[u64],
-            Option<(u64, Instant)>,
-            Instant,
-            Option<u64>,
-            &[u64],
-            &[u64],
-        ); 6] = [
+        let cases: [Case; 6] = [
             // Nothing open: one frame for all.
             (&[3, 1, 2], None, t0, Some(3), &[], &[]),
             // Below the open one: one frame; above it: held while it is young.
