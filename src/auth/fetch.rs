@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-
 use super::oauth2::{AuthError, OAuth2, Token};
 use crate::decide::Label;
 use crate::metrics::{ProfileMetrics, TokenOutcome};
