@@ -93,23 +93,23 @@ impl Dispatcher {
         };
         let endpoint = named.and_then(|id| snapshot.endpoint(id));
         let event_id = read.as_ref().map_or("-", |e| e.id.as_str());
-        let process = trace::process_name(&settler.topology.queue);
-        let span = tracing::info_span!(
-            "event",
-            event_id,
-            profile = endpoint.map_or(NO_PROFILE, |e| &*e.profile.id),
-            otel.name = process.as_deref(),
-            otel.kind = process.as_ref().map(|_| "consumer"),
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
-        trace::adopt(
-            &span,
+        let profile = endpoint.map(|e| &e.profile.id);
+        let process = trace::Process::start(
             &settler.topology.queue,
             delivery.properties.headers().as_ref(),
             read.as_ref().ok().map(|e| e.id.as_str()),
+            event_id,
+            profile,
         );
-        async {
+        let ids = process.ids();
+        let span = tracing::info_span!(
+            "event",
+            event_id,
+            profile = profile.map_or(NO_PROFILE, |p| &**p),
+            trace_id = ids.map(|(t, _)| tracing::field::display(t)),
+            span_id = ids.map(|(_, s)| tracing::field::display(s)),
+        );
+        let work = async {
             let mut facts = match &read {
                 Ok(e) => Facts {
                     attempts_before: e.attempts_before,
@@ -180,7 +180,7 @@ impl Dispatcher {
                 Receipt::of(&settlement, receipt_id(&delivery, event_id), named, started.elapsed(), SystemTime::now())
             });
             let event = read.as_ref().ok();
-            trace::outcome(&tracing::Span::current(), settlement.fate().as_str());
+            trace::outcome(settlement.fate().as_str());
             match settler
                 .apply(&delivery, &body, event, &settlement, receipt.as_ref())
                 .await
@@ -201,8 +201,8 @@ impl Dispatcher {
                 }
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        process.scope(work).await
     }
 
     /// `deliveries_total` and `deferrals_total` for a settlement carried out.

@@ -13,7 +13,6 @@ use crate::decide::{Answer, Unanswered};
 use crate::event::Event;
 use crate::http;
 use crate::trace;
-use tracing::Instrument;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -115,7 +114,7 @@ pub async fn send(
     // the receiver only when the profile asks for it (SPEC section 16).
     let span = trace::http_span(&profile.method, &url);
     if profile.traceparent {
-        trace::send_context(&span, &mut headers);
+        span.send_context(&mut headers);
     }
     let mut req = reqwest::Request::new(profile.method.clone(), url);
     *req.headers_mut() = headers;
@@ -123,19 +122,17 @@ pub async fn send(
     if profile.sends_body() {
         *req.body_mut() = Some(event.body.clone().into());
     }
-    let sent = answer(client, req, timeout).instrument(span.clone()).await;
+    let sent = answer(client, req, timeout).await;
     match &sent {
-        Answer::Status { status, .. } => trace::http_answered(&span, *status),
-        Answer::Unanswered { why, .. } => trace::http_failed(
-            &span,
-            match why {
-                Unanswered::Timeout => "timeout",
-                Unanswered::Connect => "connect_error",
-                Unanswered::Blocked => "blocked_destination",
-                Unanswered::Proxy => "proxy_error",
-            },
-        ),
+        Answer::Status { status, .. } => span.answered(*status),
+        Answer::Unanswered { why, .. } => span.failed(match why {
+            Unanswered::Timeout => "timeout",
+            Unanswered::Connect => "connect_error",
+            Unanswered::Blocked => "blocked_destination",
+            Unanswered::Proxy => "proxy_error",
+        }),
     }
+    drop(span);
     (sent, started.elapsed())
 }
 

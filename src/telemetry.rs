@@ -8,8 +8,9 @@
 //!   and profile, see [`crate::dispatch`]), not the whole list of enclosing spans.
 //! - lapin dumps whole AMQP frames at TRACE, the connection's SASL response (the broker
 //!   password) included: those never reach the output, whatever `RUST_LOG` says.
-//! - With `tracing.otlp_endpoint` set, the OpenTelemetry layer of [`crate::trace`] is
-//!   installed beside the log layer, with its own filter: `RUST_LOG` does not turn spans off.
+//! - With `tracing.otlp_endpoint` set, [`crate::trace`] exports spans that it builds with the
+//!   OpenTelemetry SDK itself: no layer of the subscriber is involved, and `RUST_LOG` does not
+//!   turn spans off.
 
 use tracing_subscriber::EnvFilter;
 
@@ -42,20 +43,18 @@ pub fn init_logs(
     tracing: Option<&TracingConfig>,
 ) -> Telemetry {
     use tracing_subscriber::prelude::*;
-    let (otel, tracing) = match tracing.map(crate::trace::layer) {
-        Some(Ok(Some((layer, t)))) => (Some(layer), Some(t)),
+    let tracing = match tracing.map(crate::trace::start) {
+        Some(Ok(t)) => t,
         Some(Err(e)) => {
             eprintln!("tracing.otlp_endpoint: {e}; spans are not exported");
-            (None, None)
+            None
         }
-        _ => (None, None),
+        None => None,
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let no_frames = tracing_subscriber::filter::filter_fn(|m| {
-        let frames = m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE;
-        let export_only = m.is_span() && m.target() == crate::trace::EXPORT_ONLY;
-        !(frames || export_only)
+        !(m.target().starts_with("lapin") && *m.level() == tracing::Level::TRACE)
     });
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
@@ -77,7 +76,6 @@ pub fn init_logs(
         LogFormat::Text => fmt.boxed(),
     };
     tracing_subscriber::registry()
-        .with(otel)
         .with(layer.with_filter(filter).with_filter(no_frames))
         .init();
     Telemetry {

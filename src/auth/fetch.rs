@@ -3,8 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use tracing::Instrument;
-
 use super::oauth2::{AuthError, OAuth2, Token};
 use crate::decide::Label;
 use crate::metrics::{ProfileMetrics, TokenOutcome};
@@ -30,7 +28,7 @@ pub async fn fetch(src: &Source<'_>) -> Result<Token, AuthError> {
             // event's span, with its trace ids.
             let span = crate::trace::token_span(src.profile);
             let request = tokio::time::timeout(src.timeout, src.oauth.fetch(src.client));
-            match request.instrument(span.clone()).await {
+            match request.await {
                 Ok(result) => {
                     if let Err(e) = &result {
                         let status;
@@ -45,12 +43,12 @@ pub async fn fetch(src: &Source<'_>) -> Result<Token, AuthError> {
                             AuthError::Assertion(_) => "assertion_error",
                             AuthError::Proxy(_) => "proxy_error",
                         };
-                        crate::trace::http_failed(&span, kind);
+                        span.failed(kind);
                     }
                     result
                 }
                 Err(_) => {
-                    crate::trace::http_failed(&span, "timeout");
+                    span.failed("timeout");
                     Err(AuthError::Transport(format!(
                         "timed out after {}",
                         humantime::format_duration(src.timeout)

@@ -2,36 +2,41 @@
 //! context read from and written to AMQP and HTTP headers.
 //!
 //! Design decisions:
-//! - The spans are this crate's `tracing` spans, turned into OpenTelemetry spans by
-//!   `tracing-opentelemetry`, a layer beside the log layer that sees only this crate's spans
-//!   (never lapin's, never log events). `process <queue>` is the `event` span of
-//!   [`crate::dispatch`] (its OpenTelemetry name set with `otel.name`); `token` and the HTTP
-//!   client span (`POST`, ...) are its children.
-//! - Off (`tracing.otlp_endpoint` empty), no layer is installed and [`enabled`] is false:
-//!   every helper here returns at once and no extra span is created.
+//! - The spans are built with the OpenTelemetry SDK directly, not through a `tracing` layer:
+//!   a `tracing` span costs a registry entry, a lookup on every poll that enters it and a
+//!   conversion of each field into an owned attribute, where the SDK span costs one builder
+//!   with static keys. [`Process::start`] makes the `process <queue>` span of an event (the
+//!   publisher's context as its parent), [`Process::scope`] makes it the current one (a
+//!   task-local) while the event is processed and ends it after; `token` and the HTTP client
+//!   span (`POST`, ...) are [`ClientSpan`]s, children of the current `process` span.
+//! - Off (`tracing.otlp_endpoint` empty), no tracer is installed and [`enabled`] is false:
+//!   every helper here returns at once and no span is created.
 //! - Export never waits on the delivery path: see [`export`].
 //! - Every republish (retry, deferral, dead letter) writes the current `process` span's
 //!   context as `traceparent`/`tracestate`, so the next attempt is its child in the same
 //!   trace, whether the publisher or the worker started it.
-//! - Log lines inside an event's processing carry `trace_id` and `span_id`: the `event` span
-//!   records them as fields, which the JSON log shows with the span's other fields. The
-//!   `token` and HTTP spans (target `callback_dispatcher::trace`) are for export only: the
-//!   log layer never sees them, so they cost no log formatting.
+//! - Log lines inside an event's processing carry `trace_id` and `span_id`: the `event`
+//!   `tracing` span of [`crate::dispatch`] is created with them as fields (from
+//!   [`Process::ids`]), which the JSON log shows with the span's other fields.
+//! - Exported attributes are those of docs/tracing.md, no more: the span's own ids are not
+//!   repeated as attributes.
 
 mod carrier;
 pub mod export;
 
+use std::borrow::Cow;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use lapin::types::FieldTable;
-use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry::trace::{
+    SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer, TracerProvider,
+};
+use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_otlp::{Protocol, RetryPolicy, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter};
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Layer;
-use tracing_subscriber::registry::LookupSpan;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanExporter};
 
 pub use carrier::{TRACEPARENT, TRACESTATE, extract, inject_amqp, inject_http};
 pub use export::{Flusher, spans_dropped};
@@ -39,15 +44,22 @@ pub use export::{Flusher, spans_dropped};
 use crate::config::TracingConfig;
 
 static ON: AtomicBool = AtomicBool::new(false);
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// Whether spans are exported (a layer was installed); one relaxed load.
+tokio::task_local! {
+    /// The `process` span of the event this task is processing.
+    static PROCESS: Context;
+}
+
+/// Whether spans are exported (a tracer was installed); one relaxed load.
 #[inline]
 pub fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-/// The OpenTelemetry layer, boxed.
-pub type BoxedLayer<S> = Box<dyn Layer<S> + Send + Sync>;
+fn tracer() -> Option<&'static SdkTracer> {
+    if enabled() { TRACER.get() } else { None }
+}
 
 /// What keeps tracing running: the provider and the queue's flusher.
 pub struct Tracing {
@@ -55,14 +67,11 @@ pub struct Tracing {
     pub flusher: Flusher,
 }
 
-/// The OpenTelemetry layer for this crate's spans, or `None` when `otlp_endpoint` is empty.
-/// Call inside a Tokio runtime: the export task runs on it.
-pub fn layer<S>(
+/// Start exporting spans, or `None` when `otlp_endpoint` is empty. Call inside a Tokio
+/// runtime: the export task runs on it. Once per process (a second call exports nothing).
+pub fn start(
     config: &TracingConfig,
-) -> Result<Option<(BoxedLayer<S>, Tracing)>, opentelemetry_otlp::ExporterBuildError>
-where
-    S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
-{
+) -> Result<Option<Tracing>, opentelemetry_otlp::ExporterBuildError> {
     let Some(url) = config.traces_url() else {
         return Ok(None);
     };
@@ -86,149 +95,242 @@ where
         ))))
         .with_resource(resource)
         .build();
-    let tracer = provider.tracer("callback-dispatcher");
-    let ours = tracing_subscriber::filter::filter_fn(|m| {
-        m.is_span() && m.target().starts_with("callback_dispatcher")
+    if TRACER.set(provider.tracer("callback-dispatcher")).is_ok() {
+        ON.store(true, Ordering::Relaxed);
+    }
+    Ok(Some(Tracing { provider, flusher }))
+}
+
+/// The queue's name and `process <queue>`, made once (the worker consumes one queue).
+fn queue_names(queue: &str) -> (Arc<str>, Cow<'static, str>) {
+    static NAMES: OnceLock<(Arc<str>, &'static str)> = OnceLock::new();
+    let (q, name) = NAMES.get_or_init(|| {
+        let name: &'static str = Box::leak(format!("process {queue}").into_boxed_str());
+        (Arc::from(queue), name)
     });
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        // A child's parent comes from its tracing parent span: no need to make the
-        // OpenTelemetry context current on every poll.
-        .with_context_activation(false)
-        .with_filter(ours)
-        .boxed();
-    ON.store(true, Ordering::Relaxed);
-    Ok(Some((layer, Tracing { provider, flusher })))
+    if &**q == queue {
+        (q.clone(), Cow::Borrowed(*name))
+    } else {
+        (Arc::from(queue), Cow::Owned(format!("process {queue}")))
+    }
 }
 
-/// The `event` span's OpenTelemetry name, `process <queue>`, for its `otel.name` (with
-/// `otel.kind` `consumer`); `None` when tracing is off.
-pub fn process_name(queue: &str) -> Option<String> {
-    enabled().then(|| format!("process {queue}"))
-}
+/// The `process <queue>` span of one delivery of an event (none when tracing is off).
+pub struct Process(Option<Context>);
 
-/// Make the `event` span the `process <queue>` span: the publisher's context (AMQP headers
-/// `traceparent`/`tracestate`) as its parent, the messaging attributes, and `trace_id` and
-/// `span_id` recorded for the log lines (the span declares them empty).
-pub fn adopt(span: &Span, queue: &str, headers: Option<&FieldTable>, message_id: Option<&str>) {
-    if !enabled() {
-        return;
+impl Process {
+    /// Start the `process <queue>` span: the publisher's context (AMQP headers
+    /// `traceparent`/`tracestate`) as its parent, the messaging attributes, the event's id
+    /// (`messaging.message.id` when the event was read) and its profile (`-` when unknown).
+    pub fn start(
+        queue: &str,
+        headers: Option<&FieldTable>,
+        message_id: Option<&str>,
+        event_id: &str,
+        profile: Option<&Arc<str>>,
+    ) -> Process {
+        let Some(tracer) = tracer() else {
+            return Process(None);
+        };
+        let parent = extract(headers);
+        let (queue, name) = queue_names(queue);
+        let id: Arc<str> = Arc::from(event_id);
+        let mut attributes = Vec::with_capacity(6);
+        attributes.push(KeyValue::new("messaging.system", "rabbitmq"));
+        attributes.push(KeyValue::new(
+            "messaging.destination.name",
+            Value::String(queue.into()),
+        ));
+        attributes.push(KeyValue::new("messaging.operation", "process"));
+        if let Some(m) = message_id {
+            let m = if m == event_id {
+                id.clone()
+            } else {
+                Arc::from(m)
+            };
+            attributes.push(KeyValue::new(
+                "messaging.message.id",
+                Value::String(m.into()),
+            ));
+        }
+        attributes.push(KeyValue::new("event_id", Value::String(id.into())));
+        let profile = profile.map_or(Value::from(crate::metrics::NO_PROFILE), |p| {
+            Value::String(p.clone().into())
+        });
+        attributes.push(KeyValue::new("profile", profile));
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        Process(Some(parent.with_span(span)))
     }
-    let parent = extract(headers);
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+
+    /// The span's trace and span ids, for the log lines' `trace_id` and `span_id`.
+    pub fn ids(&self) -> Option<(TraceId, SpanId)> {
+        let cx = self.0.as_ref()?;
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
     }
-    span.set_attribute("messaging.system", "rabbitmq");
-    span.set_attribute("messaging.destination.name", queue.to_owned());
-    span.set_attribute("messaging.operation", "process");
-    if let Some(id) = message_id {
-        span.set_attribute("messaging.message.id", id.to_owned());
-    }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if let (true, Some(meta)) = (sc.is_valid(), span.metadata()) {
-        // Both at once: the JSON log layer re-reads a span's fields on every record.
-        let fields = meta.fields();
-        let (trace_id, span_id) = (sc.trace_id().to_string(), sc.span_id().to_string());
-        if let (Some(t), Some(s)) = (fields.field("trace_id"), fields.field("span_id")) {
-            let values: [(&tracing::field::Field, Option<&dyn tracing::Value>); 2] = [
-                (&t, Some(&trace_id.as_str() as &dyn tracing::Value)),
-                (&s, Some(&span_id.as_str() as &dyn tracing::Value)),
-            ];
-            span.record_all(&fields.value_set(&values));
+
+    /// Run `f` with this span as the current `process` span, and end the span after.
+    pub async fn scope<F: Future>(self, f: F) -> F::Output {
+        match self.0 {
+            None => f.await,
+            Some(cx) => {
+                let out = PROCESS.scope(cx.clone(), f).await;
+                cx.span().end();
+                out
+            }
         }
     }
+}
+
+fn with_process<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
+    if !enabled() {
+        return None;
+    }
+    PROCESS.try_with(|cx| f(cx)).ok()
 }
 
 /// The event's fate on its `process` span; a dead letter marks it as an error.
-pub fn outcome(span: &Span, outcome: &str) {
-    if enabled() {
-        span.set_attribute("outcome", outcome.to_owned());
+pub fn outcome(outcome: &'static str) {
+    with_process(|cx| {
+        let span = cx.span();
+        span.set_attribute(KeyValue::new("outcome", outcome));
         if outcome == "dead_lettered" {
-            span.set_status(opentelemetry::trace::Status::error("dead-lettered"));
+            span.set_status(Status::error("dead-lettered"));
+        }
+    });
+}
+
+/// Write the current `process` span's context into republished headers (a retry, a
+/// deferral or a dead letter), so the next attempt stays in the trace.
+pub fn carry_on(h: &mut FieldTable) {
+    with_process(|cx| inject_amqp(cx, h));
+}
+
+/// A client span (`token`, or an HTTP attempt named by its method), child of the current
+/// `process` span; nothing when tracing is off. Ends when dropped.
+pub struct ClientSpan(Option<Context>);
+
+impl ClientSpan {
+    fn start(name: Cow<'static, str>, attributes: Vec<KeyValue>) -> ClientSpan {
+        let Some(tracer) = tracer() else {
+            return ClientSpan(None);
+        };
+        let parent = PROCESS.try_with(Context::clone).unwrap_or_default();
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        ClientSpan(Some(parent.with_span(span)))
+    }
+
+    /// No span (tracing off).
+    pub fn none() -> ClientSpan {
+        ClientSpan(None)
+    }
+
+    /// This span's context as the callback's `traceparent`/`tracestate`; the caller sends
+    /// it only for a profile with `traceparent: true`.
+    pub fn send_context(&self, headers: &mut reqwest::header::HeaderMap) {
+        if let Some(cx) = &self.0 {
+            inject_http(cx, headers);
+        }
+    }
+
+    /// The answer's status; 4xx and 5xx are errors (their `error.type` the status code).
+    pub fn answered(&self, status: u16) {
+        if let Some(cx) = &self.0 {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if status >= 400 {
+                span.set_attribute(KeyValue::new("error.type", status.to_string()));
+                span.set_status(Status::error(""));
+            }
+        }
+    }
+
+    /// No answer, or an unusable one: `error.type` is `kind` (`timeout`, `connect_error`,
+    /// `blocked_destination`, ...), and the span is an error.
+    pub fn failed(&self, kind: &str) {
+        if let Some(cx) = &self.0 {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new("error.type", kind.to_owned()));
+            span.set_status(Status::error(""));
         }
     }
 }
 
-/// Write the current span's context into republished headers (a retry, a deferral or a
-/// dead letter), so the next attempt stays in the trace.
-pub fn carry_on(h: &mut FieldTable) {
-    if enabled() {
-        inject_amqp(&Span::current().context(), h);
+impl Drop for ClientSpan {
+    fn drop(&mut self) {
+        if let Some(cx) = &self.0 {
+            cx.span().end();
+        }
     }
 }
 
-/// The target of the spans that are exported only, never logged.
-pub const EXPORT_ONLY: &str = "callback_dispatcher::trace";
+fn method_name(method: &reqwest::Method) -> Cow<'static, str> {
+    match method.as_str() {
+        "POST" => Cow::Borrowed("POST"),
+        "PUT" => Cow::Borrowed("PUT"),
+        "PATCH" => Cow::Borrowed("PATCH"),
+        "GET" => Cow::Borrowed("GET"),
+        "DELETE" => Cow::Borrowed("DELETE"),
+        other => Cow::Owned(other.to_owned()),
+    }
+}
 
-/// The HTTP client span of one attempt, named by the method; `Span::none()` when off.
+/// The HTTP client span of one attempt, named by the method; nothing when off.
 /// `url.full` is the URL without its query, fragment or credentials.
-pub fn http_span(method: &reqwest::Method, url: &reqwest::Url) -> Span {
+pub fn http_span(method: &reqwest::Method, url: &reqwest::Url) -> ClientSpan {
     if !enabled() {
-        return Span::none();
+        return ClientSpan::none();
     }
-    let mut full = url.clone();
-    full.set_query(None);
-    full.set_fragment(None);
-    let _ = full.set_username("");
-    let _ = full.set_password(None);
-    tracing::info_span!(
-        "http",
-        otel.name = method.as_str(),
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = method.as_str(),
-        url.full = full.as_str(),
-        server.address = url.host_str().unwrap_or_default(),
-        server.port = url.port_or_known_default().map(i64::from),
-        http.response.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-    )
+    let full = if url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none()
+    {
+        url.as_str().to_owned()
+    } else {
+        let mut full = url.clone();
+        full.set_query(None);
+        full.set_fragment(None);
+        let _ = full.set_username("");
+        let _ = full.set_password(None);
+        String::from(full)
+    };
+    let method = method_name(method);
+    let mut attributes = Vec::with_capacity(6);
+    attributes.push(KeyValue::new(
+        "http.request.method",
+        Value::String(method.clone().into()),
+    ));
+    attributes.push(KeyValue::new("url.full", full));
+    attributes.push(KeyValue::new(
+        "server.address",
+        url.host_str().unwrap_or_default().to_owned(),
+    ));
+    if let Some(port) = url.port_or_known_default() {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    ClientSpan::start(method, attributes)
 }
 
-/// The HTTP span's context as the callback's `traceparent`/`tracestate`: only for a profile
-/// with `traceparent: true`, and only when tracing is on.
-pub fn send_context(span: &Span, headers: &mut reqwest::header::HeaderMap) {
-    if enabled() {
-        inject_http(&span.context(), headers);
-    }
-}
-
-/// The answer's status on the HTTP span; 4xx and 5xx are errors (their `error.type` the
-/// status code).
-pub fn http_answered(span: &Span, status: u16) {
-    if span.is_none() {
-        return;
-    }
-    span.record("http.response.status_code", i64::from(status));
-    if status >= 400 {
-        span.record("error.type", status.to_string().as_str());
-        span.record("otel.status_code", "error");
-    }
-}
-
-/// No answer: `error.type` is `timeout`, `connect_error` or `blocked_destination`.
-pub fn http_failed(span: &Span, kind: &str) {
-    if span.is_none() {
-        return;
-    }
-    span.record("error.type", kind);
-    span.record("otel.status_code", "error");
-}
-
-/// The `token` span of a request to a profile's auth server; `Span::none()` when off.
-pub fn token_span(profile: &str) -> Span {
+/// The `token` span of a request to a profile's auth server; nothing when off.
+pub fn token_span(profile: &str) -> ClientSpan {
     if !enabled() {
-        return Span::none();
+        return ClientSpan::none();
     }
-    tracing::info_span!(
-        "token",
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        profile,
-        error.type = tracing::field::Empty,
+    ClientSpan::start(
+        Cow::Borrowed("token"),
+        vec![KeyValue::new("profile", profile.to_owned())],
     )
 }
