@@ -182,8 +182,8 @@ pub struct Settler<'a> {
     pub shutdown: &'a CancellationToken,
     /// With `receipts.exchange`: each settlement's receipt goes out before the ack.
     pub receipts: Option<&'a Receipts>,
-    /// The work queue's channel batches its acks ([`crate::amqp::acks`]); without it each
-    /// delivery is acked on its own (ordered partitions).
+    /// The delivery's channel's ack batcher ([`crate::amqp::acks`]); without one each
+    /// delivery is acked on its own.
     pub acks: Option<&'a Acks>,
 }
 

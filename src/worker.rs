@@ -369,19 +369,25 @@ impl Supervisor {
             memory: self.ordered_attempts.clone(),
             tracker: tracker.clone(),
         });
+        // Each consuming channel's acks, batched (see `amqp::acks`); stopped after the drain
+        // so that the last ones go out before the channels close.
+        let acks_stop = CancellationToken::new();
+        let mut acking = Vec::with_capacity(partitions.len() + 1);
+        let mut batcher = || {
+            let acks = Arc::new(Acks::default());
+            let stop = acks_stop.clone();
+            acking.push(tokio::spawn({
+                let acks = acks.clone();
+                async move { acks.run(stop).await }
+            }));
+            acks
+        };
+        let acks = batcher();
         let mut ordered = Vec::with_capacity(partitions.len());
         for p in partitions {
-            tokio::spawn(feed.clone().run(p.consumer));
+            tokio::spawn(feed.clone().run(p.consumer, batcher()));
             ordered.push((p.channel, p.tag));
         }
-        // The work queue's acks, batched (see `amqp::acks`); stopped after the drain so that
-        // the last ones go out before the channel closes.
-        let acks = Arc::new(Acks::default());
-        let acks_stop = CancellationToken::new();
-        let acking = tokio::spawn({
-            let (acks, stop) = (acks.clone(), acks_stop.clone());
-            async move { acks.run(stop).await }
-        });
         let end = loop {
             let next = tokio::select! {
                 biased;

@@ -22,8 +22,9 @@
 //! never cover a delivery that is on its way back to the queue. A crash between a settlement
 //! and its ack re-delivers the event (same `webhook-id`), as it did before; holding an ack
 //! for at most [`HOLD`] only widens that window a little. At shutdown [`Acks::flush`] sends
-//! whatever is held before the channel closes. Ordered partitions (SPEC section 15) keep one
-//! ack per event: their deliveries settle one key at a time.
+//! whatever is held before the channel closes. Each ordered partition's channel (SPEC section
+//! 15) has its own: a multiple ack there acknowledges only settled events, whatever their key,
+//! and a waiting event is open, so it is never covered.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -11,7 +11,7 @@ use prometheus::IntGauge;
 use tokio_util::task::TaskTracker;
 
 use super::{Attempts, LaneKey, Lanes, OrderedEnd, lane_of, partition_prefetch};
-use crate::amqp::Topology;
+use crate::amqp::{Acks, Topology};
 use crate::dispatch::Dispatcher;
 use crate::settle::Outlet;
 
@@ -70,12 +70,15 @@ pub struct Feed {
 impl Feed {
     /// Hand each delivery of `consumer` to its lane until the consumer ends (cancelled at
     /// shutdown, or its channel lost); an idle lane's head starts a task on the tracker.
-    pub async fn run(self: Arc<Self>, mut consumer: Consumer) {
+    /// `acks` batches the acks of the partition's channel (see [`crate::amqp::acks`]).
+    pub async fn run(self: Arc<Self>, mut consumer: Consumer, acks: Arc<Acks>) {
         while let Some(Ok(delivery)) = consumer.next().await {
+            acks.received(delivery.delivery_tag);
             let lane = lane_of(&delivery);
             if let Some(head) = self.lanes.arrive(&lane, delivery) {
-                let me = self.clone();
-                self.tracker.spawn(async move { me.lane(lane, head).await });
+                let (me, acks) = (self.clone(), acks.clone());
+                self.tracker
+                    .spawn(async move { me.lane(lane, head, &acks).await });
             } else {
                 self.waiting(&lane).inc();
             }
@@ -83,12 +86,15 @@ impl Feed {
     }
 
     /// Process a lane's events one after the other, each once the one before is settled.
-    async fn lane(&self, lane: LaneKey, head: lapin::message::Delivery) {
+    async fn lane(&self, lane: LaneKey, head: lapin::message::Delivery, acks: &Acks) {
         let d = &self.dispatcher;
         let mut next = Some(head);
         while let Some(delivery) = next.take() {
             d.metrics.inflight.inc();
-            let settler = self.out.settler(&d.settle_backoff, &d.shutdown);
+            let settler = self
+                .out
+                .settler(&d.settle_backoff, &d.shutdown)
+                .with_acks(acks);
             let end = d.handle_ordered(&settler, delivery, &self.memory).await;
             d.metrics.inflight.dec();
             match end {
@@ -110,12 +116,15 @@ impl Feed {
                         continue;
                     }
                     for d in rest {
-                        let _ = d
+                        let sent = d
                             .nack(BasicNackOptions {
                                 requeue: true,
                                 ..Default::default()
                             })
                             .await;
+                        if sent.is_ok() {
+                            acks.released(d.delivery_tag);
+                        }
                     }
                 }
             }

@@ -23,8 +23,8 @@ pub(super) struct Consuming<'a> {
     pub tag: &'a str,
     /// Each partition's channel and consumer tag (SPEC section 15).
     pub ordered: &'a [(Channel, String)],
-    /// Stops the work queue's ack batcher, which then sends what it holds.
-    pub acks: (&'a CancellationToken, JoinHandle<()>),
+    /// Stops the channels' ack batchers, which then send what they hold.
+    pub acks: (&'a CancellationToken, Vec<JoinHandle<()>>),
 }
 
 impl Supervisor {
@@ -68,7 +68,11 @@ impl Supervisor {
             );
         }
         acks_stop.cancel();
-        bounded("sending the last acks", acking).await;
+        bounded(
+            "sending the last acks",
+            futures_util::future::join_all(acking),
+        )
+        .await;
         if in_flight > 0 {
             // A quorum queue may return deliveries whose acks reached the broker just before
             // their channel closed (rabbitmq-server#10327: the channel still held the settle
