@@ -19,34 +19,27 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures_util::StreamExt;
 use lapin::Connection;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 mod drain;
+mod session;
 
-use drain::Consuming;
-
-use crate::amqp::{self, Acks, Topology, TopologyError};
+use crate::amqp::{self, Topology, TopologyError};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::ordered::Attempts;
-use crate::ordered::partition::{self, Feed};
 use crate::profiles::{Registry, Window};
 use crate::receipts::Receipts;
 use crate::reload::Reloader;
 use crate::server::{self, Health};
-use crate::settle::{Outlet, SettleBackoff};
+use crate::settle::SettleBackoff;
 
 /// The longest any close waits for the broker's answer.
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
@@ -296,154 +289,6 @@ impl Supervisor {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-    }
-
-    /// One connection pair's life: declare, consume, dispatch, until shutdown or loss.
-    async fn session<F: Future<Output = ()>>(
-        &self,
-        conn: &Connection,
-        publisher_conn: &Connection,
-        shutdown: &mut Pin<&mut F>,
-    ) -> Result<End, SessionError> {
-        let d = &self.dispatcher;
-        let tag = format!("callback-dispatcher-{}", uuid::Uuid::new_v4().simple());
-        let prefetch = self.base.amqp.prefetch;
-        // Every step waits for the broker: bounded as a whole, and shutdown cuts it short.
-        let setup = async {
-            let channel = conn.create_channel().await?;
-            self.topology
-                .declare(&channel, &d.registry.load().delays_ms)
-                .await?;
-            self.topology.declare_ordered(&channel).await?;
-            if let Some(r) = &self.base.receipts {
-                Topology::declare_receipts(&channel, r).await?;
-            }
-            let publisher = publisher_conn.create_channel().await?;
-            publisher
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    self.topology.queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let partitions = partition::open(conn, &self.topology, prefetch, &tag).await?;
-            Ok::<_, SessionError>((channel, publisher, consumer, partitions))
-        };
-        let (channel, publisher, mut consumer, partitions) = tokio::select! {
-            biased;
-            () = shutdown.as_mut() => {
-                bounded("closing", conn.close(200, "shutdown".into())).await;
-                bounded("closing", publisher_conn.close(200, "shutdown".into())).await;
-                return Ok(End::Shutdown);
-            }
-            setup = tokio::time::timeout(BROKER_LIMIT, setup) => match setup {
-                Ok(setup) => setup?,
-                Err(_) => return Err(SessionError::Timeout("declaring and starting to consume")),
-            },
-        };
-        let mut publisher_events = publisher_conn.events_listener();
-        if let Some(r) = &self.receipts {
-            r.attach(Some(publisher.clone()));
-        }
-        d.metrics.amqp_connected.set(1);
-        self.health.set_consuming(true);
-        tracing::info!(queue = %self.topology.queue, prefetch, concurrency = d.registry.load().delivery.concurrency, "consuming");
-
-        let out = Arc::new(Outlet {
-            publisher: publisher.clone(),
-            topology: self.topology.clone(),
-            receipts: self.receipts.clone(),
-        });
-        let tracker = TaskTracker::new();
-        let feed = Arc::new(Feed {
-            dispatcher: d.clone(),
-            out: out.clone(),
-            lanes: Arc::default(),
-            memory: self.ordered_attempts.clone(),
-            tracker: tracker.clone(),
-        });
-        // Each consuming channel's acks, batched (see `amqp::acks`); stopped after the drain
-        // so that the last ones go out before the channels close.
-        let acks_stop = CancellationToken::new();
-        let mut acking = Vec::with_capacity(partitions.len() + 1);
-        let mut batcher = || {
-            let acks = Arc::new(Acks::default());
-            let stop = acks_stop.clone();
-            acking.push(tokio::spawn({
-                let acks = acks.clone();
-                async move { acks.run(stop).await }
-            }));
-            acks
-        };
-        let acks = batcher();
-        let mut ordered = Vec::with_capacity(partitions.len());
-        for p in partitions {
-            tokio::spawn(feed.clone().run(p.consumer, batcher()));
-            ordered.push((p.channel, p.tag));
-        }
-        let end = loop {
-            let next = tokio::select! {
-                biased;
-                () = shutdown.as_mut() => break End::Shutdown,
-                event = publisher_events.next() => {
-                    match event {
-                        Some(lapin::Event::Error(e)) => break End::Lost(format!("publisher connection: {e}")),
-                        Some(lapin::Event::ConnectionBlocked(why)) => {
-                            tracing::warn!(reason = %why, "the broker blocks publishing (memory or disk alarm): retries, deferrals and dead letters wait");
-                        }
-                        Some(lapin::Event::ConnectionUnblocked) => tracing::info!("the broker accepts publishing again"),
-                        Some(_) => {}
-                        None => break End::Lost("publisher connection closed".into()),
-                    }
-                    continue;
-                }
-                next = consumer.next() => next,
-            };
-            let delivery = match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => break End::Lost(format!("consumer: {e}")),
-                None => break End::Lost("consumer cancelled by the broker".into()),
-            };
-            let (d, out, acks) = (d.clone(), out.clone(), acks.clone());
-            acks.received(delivery.delivery_tag);
-            let inflight = Inflight::new(&d.metrics);
-            tracker.spawn(async move {
-                let settler = out.settler(&d.settle_backoff, &d.shutdown).with_acks(&acks);
-                d.handle(&settler, delivery).await;
-                drop(inflight);
-            });
-        };
-        self.health.set_consuming(false);
-        d.metrics.amqp_connected.set(0);
-        tracker.close();
-        if let End::Shutdown = end {
-            let consuming = Consuming {
-                conn,
-                publisher_conn,
-                channel: &channel,
-                publisher: &publisher,
-                tag: &tag,
-                ordered: &ordered,
-                acks: (&acks_stop, acking),
-            };
-            self.drain(consuming, &tracker).await;
-        } else {
-            // Deliveries in flight on a channel that may still be healthy (a cancelled
-            // consumer) settle and are acked; then the batcher stops.
-            let (tracker, stop) = (tracker.clone(), acks_stop);
-            tokio::spawn(async move {
-                tracker.wait().await;
-                stop.cancel();
-            });
-        }
-        Ok(end)
     }
 }
 
