@@ -135,11 +135,13 @@ impl Supervisor {
             let (d, out, acks) = (d.clone(), out.clone(), acks.clone());
             acks.received(delivery.delivery_tag);
             let inflight = Inflight::new(&d.metrics);
-            tracker.spawn(async move {
+            // Boxed: the pipeline's future is several kilobytes, and a task's future is
+            // copied when the task is made and again when it finishes.
+            tracker.spawn(Box::pin(async move {
                 let settler = out.settler(&d.settle_backoff, &d.shutdown).with_acks(&acks);
                 d.handle(&settler, delivery).await;
                 drop(inflight);
-            });
+            }));
         };
         self.health.set_consuming(false);
         d.metrics.amqp_connected.set(0);
