@@ -36,6 +36,10 @@ use crate::send;
 use crate::settle::{SettleBackoff, SettleError, Settler};
 use crate::trace;
 
+mod told;
+
+use told::{log_settled, receipt_id};
+
 /// Everything deliveries share.
 pub struct Dispatcher {
     pub registry: Arc<Registry>,
@@ -205,46 +209,6 @@ impl Dispatcher {
         process.scope(work).await
     }
 
-    /// `deliveries_total` and `deferrals_total` for a settlement carried out.
-    fn count(&self, endpoint: Option<&Arc<Endpoint>>, settlement: &Settlement) {
-        match (settlement.outcome(), endpoint) {
-            (Some(outcome), Some(ep)) => ep.metrics.delivery(outcome),
-            (Some(outcome), None) => self.metrics.unprofiled(outcome).inc(),
-            (None, _) => {}
-        }
-        if let (Settlement::Defer { reason, .. }, Some(ep)) = (settlement, endpoint) {
-            ep.metrics.deferral(*reason);
-        }
-    }
-
-    /// An ordered event's retry, which republishes nothing: counted, logged and, with
-    /// receipts, told.
-    #[allow(clippy::too_many_arguments)]
-    async fn tell(
-        &self,
-        settler: &Settler<'_>,
-        delivery: &Delivery,
-        event_id: &str,
-        endpoint: Option<&Arc<Endpoint>>,
-        named: Option<&str>,
-        settlement: &Settlement,
-        started: Instant,
-    ) {
-        self.count(endpoint, settlement);
-        log_settled(settlement, started.elapsed());
-        if let Some(receipts) = settler.receipts
-            && let Some(r) = Receipt::of(
-                settlement,
-                receipt_id(delivery, event_id),
-                named,
-                started.elapsed(),
-                SystemTime::now(),
-            )
-        {
-            receipts.publish(settler.publisher, &r).await;
-        }
-    }
-
     /// Too old, not now (breaker, concurrency, rate), or attempted.
     async fn guard_and_attempt(
         &self,
@@ -349,78 +313,6 @@ impl Dispatcher {
                 }
                 _ => return Ok(reading),
             }
-        }
-    }
-}
-
-/// The id a receipt names: the event's, else the message's own `message_id` (an event that
-/// could not be read), else empty.
-fn receipt_id<'a>(delivery: &'a Delivery, event_id: &'a str) -> &'a str {
-    if event_id != "-" {
-        return event_id;
-    }
-    delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map_or("", |m| m.as_str())
-}
-
-/// The `event settled` line (`event deferred` at debug); the event's id and profile come
-/// from its span.
-fn log_settled(settlement: &Settlement, took: Duration) {
-    let ms = took.as_millis() as u64;
-    let outcome = settlement.fate().as_str();
-    match settlement {
-        Settlement::Delivered { status, attempts } => tracing::info!(
-            attempt = attempts,
-            outcome,
-            status,
-            duration_ms = ms,
-            "event settled"
-        ),
-        Settlement::Retry {
-            plan,
-            attempts,
-            status,
-            error,
-        } => tracing::info!(
-            attempt = attempts,
-            outcome,
-            status = status.map(i64::from),
-            delay_ms = plan.expiration_ms,
-            error = error.as_str(),
-            duration_ms = ms,
-            "event settled"
-        ),
-        Settlement::DeadLetter {
-            reason,
-            status,
-            error,
-            attempts,
-        } => tracing::info!(
-            attempt = attempts,
-            outcome,
-            reason = reason.as_str(),
-            status = status.map(i64::from),
-            error = error.as_str(),
-            duration_ms = ms,
-            "event settled"
-        ),
-        Settlement::Defer {
-            plan,
-            reason,
-            deferrals,
-        } => tracing::debug!(
-            outcome,
-            reason = reason.as_str(),
-            deferrals,
-            delay_ms = plan.expiration_ms,
-            duration_ms = ms,
-            "event deferred"
-        ),
-        Settlement::Requeue => {
-            tracing::debug!(outcome, "event returned to the queue at shutdown")
         }
     }
 }
