@@ -1,6 +1,7 @@
 use super::*;
 use secrecy::ExposeSecret;
 use serde_json::json;
+use std::time::UNIX_EPOCH;
 
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
