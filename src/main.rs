@@ -205,9 +205,10 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
-    callback_dispatcher::Worker::bind(config)
-        .await?
-        .watch(path)
-        .run(callback_dispatcher::worker::shutdown_signal())
+    let worker = callback_dispatcher::Worker::bind(config).await?.watch(path);
+    // On a runtime worker thread rather than the main thread: the consume loop then hands
+    // each delivery's task to the thread it runs on instead of across threads.
+    tokio::spawn(worker.run(callback_dispatcher::worker::shutdown_signal()))
         .await
+        .map_err(|e| anyhow::anyhow!("the worker stopped unexpectedly: {e}"))?
 }
