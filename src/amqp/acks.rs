@@ -53,6 +53,11 @@ struct State {
     settled: Vec<(u64, Acker)>,
     /// Settled and waiting for a young oldest-open delivery (see [`plan`]).
     held: Vec<(u64, Acker)>,
+    /// The batcher has stopped (shutdown, or its channel failed): settling tasks send their
+    /// own acks, as before batching, so that none waits for a batch that will not come.
+    stopped: bool,
+    /// When an ack or a nack last went out on the channel.
+    last_sent: Option<Instant>,
 }
 
 /// One round of acks: at most one `multiple`, then single ones.
@@ -108,6 +113,9 @@ impl Acks {
     pub fn settled(&self, tag: u64, acker: &Acker) -> bool {
         {
             let mut s = self.state.lock().expect("acks lock");
+            if s.stopped {
+                return false;
+            }
             if let Some((low, since)) = s.open.first_key_value()
                 && tag > *low
                 && since.elapsed() >= HOLD
@@ -125,6 +133,7 @@ impl Acks {
     pub fn released(&self, tag: u64) {
         let mut s = self.state.lock().expect("acks lock");
         s.open.remove(&tag);
+        s.last_sent = Some(Instant::now());
         drop(s);
         self.wake.notify_one();
     }
@@ -153,23 +162,37 @@ impl Acks {
             tokio::task::yield_now().await;
             let round = self.take();
             recheck_at = round.recheck_at;
-            if send(round).await.is_err() {
+            let sent = send(round).await;
+            let mut s = self.state.lock().expect("acks lock");
+            s.last_sent = Some(Instant::now());
+            if sent.is_err() {
                 // The channel is gone: the broker returns its unacked deliveries.
+                s.stopped = true;
                 return;
             }
         }
     }
 
-    /// Everything settled, acked now (shutdown, before the channel closes).
+    /// Everything settled, acked now (shutdown, before the channel closes); settlements
+    /// from now on are acked by their own tasks.
     async fn flush(&self) {
         let all = {
             let mut s = self.state.lock().expect("acks lock");
+            s.stopped = true;
             let mut all = std::mem::take(&mut s.held);
             all.append(&mut s.settled);
             all
         };
         let acks = all.iter().map(|(_, a)| a.ack(BasicAckOptions::default()));
         futures_util::future::join_all(acks).await;
+        if !all.is_empty() {
+            self.state.lock().expect("acks lock").last_sent = Some(Instant::now());
+        }
+    }
+
+    /// When an ack or a nack last went out on the channel, if one did.
+    pub fn last_sent(&self) -> Option<Instant> {
+        self.state.lock().expect("acks lock").last_sent
     }
 
     fn take(&self) -> Plan<Acker> {

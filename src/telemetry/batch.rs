@@ -10,7 +10,7 @@
 //!
 //! Nothing is dropped: past [`MAX_HELD`] a writing thread waits for the writer to catch up
 //! (stderr blocked), as the non-blocking writer did with its queue full. The guard writes
-//! what is left when it is dropped.
+//! what is left when it is dropped, waiting at most [`EXIT_LIMIT`] for a blocked stderr.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,6 +23,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
 const HIGH: usize = 256 * 1024;
 /// Beyond this, writers wait for the batch to be written.
 const MAX_HELD: usize = 8 * 1024 * 1024;
+/// The longest the guard waits for the last batch at exit.
+const EXIT_LIMIT: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Held {
@@ -138,8 +140,15 @@ impl Drop for BatchGuard {
             .stop = true;
         self.shared.ready.notify_one();
         self.shared.taken.notify_all();
+        // A blocked stderr (a full pipe) must not keep the process from exiting.
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = std::time::Instant::now() + EXIT_LIMIT;
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }

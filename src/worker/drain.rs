@@ -5,14 +5,20 @@ use std::time::Duration;
 
 use lapin::options::BasicCancelOptions;
 use lapin::{Channel, Connection};
+use std::sync::Arc;
+
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Supervisor, bounded};
+use crate::amqp::Acks;
 
 /// How long the acks of a drain are given to take effect before the channels close.
 const ACK_GRACE: Duration = Duration::from_millis(500);
+
+/// A channel's ack batcher and its task.
+pub(super) type Batcher = (Arc<Acks>, JoinHandle<()>);
 
 /// What a session consumes with.
 pub(super) struct Consuming<'a> {
@@ -24,7 +30,7 @@ pub(super) struct Consuming<'a> {
     /// Each partition's channel and consumer tag (SPEC section 15).
     pub ordered: &'a [(Channel, String)],
     /// Stops the channels' ack batchers, which then send what they hold.
-    pub acks: (&'a CancellationToken, Vec<JoinHandle<()>>),
+    pub acks: (&'a CancellationToken, Vec<Batcher>),
 }
 
 impl Supervisor {
@@ -55,9 +61,8 @@ impl Supervisor {
             .await;
         }
         self.dispatcher.shutdown.cancel();
-        let in_flight = tracker.len();
         tracing::info!(
-            in_flight,
+            in_flight = tracker.len(),
             limit_ms = limit.as_millis() as u64,
             "shutting down: settling deliveries in flight"
         );
@@ -68,16 +73,17 @@ impl Supervisor {
             );
         }
         acks_stop.cancel();
+        let (batchers, tasks): (Vec<_>, Vec<_>) = acking.into_iter().unzip();
         bounded(
             "sending the last acks",
-            futures_util::future::join_all(acking),
+            futures_util::future::join_all(tasks),
         )
         .await;
-        if in_flight > 0 {
-            // A quorum queue may return deliveries whose acks reached the broker just before
-            // their channel closed (rabbitmq-server#10327: the channel still held the settle
-            // commands); a settled event would then be sent again by the next consumer.
-            tokio::time::sleep(ACK_GRACE).await;
+        // A quorum queue may return deliveries whose acks reached the broker just before
+        // their channel closed (rabbitmq-server#10327: the channel still held the settle
+        // commands); a settled event would then be sent again by the next consumer.
+        if let Some(last) = batchers.iter().filter_map(|a| a.last_sent()).max() {
+            tokio::time::sleep_until((last + ACK_GRACE).into()).await;
         }
         bounded("closing the channel", channel.close(200, "shutdown".into())).await;
         for (ch, _) in ordered {

@@ -97,10 +97,11 @@ impl Supervisor {
         let mut batcher = || {
             let acks = Arc::new(Acks::default());
             let stop = acks_stop.clone();
-            acking.push(tokio::spawn({
+            let task = tokio::spawn({
                 let acks = acks.clone();
                 async move { acks.run(stop).await }
-            }));
+            });
+            acking.push((acks.clone(), task));
             acks
         };
         let acks = batcher();
@@ -158,8 +159,18 @@ impl Supervisor {
             };
             self.drain(consuming, &tracker).await;
         } else {
-            // Deliveries in flight on a channel that may still be healthy (a cancelled
-            // consumer) settle and are acked; then the batcher stops.
+            // The partitions' consumers would go on serving their queues on this connection
+            // (single active consumer: the next session's would stay standbys): their
+            // channels close, and their unsettled events go back to the queue in their
+            // places. Deliveries still in flight settle; an ack the batcher can no longer
+            // send goes out from its task (see `Acks::settled`) or fails with its channel.
+            for (ch, _) in &ordered {
+                bounded(
+                    "closing a partition's channel",
+                    ch.close(200, "session lost".into()),
+                )
+                .await;
+            }
             let (tracker, stop) = (tracker.clone(), acks_stop);
             tokio::spawn(async move {
                 tracker.wait().await;
