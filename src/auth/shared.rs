@@ -18,8 +18,9 @@
 //!   token key, bounded by the auth timeout; when the holder died (the lock outlives it) or
 //!   failed, they take the lock themselves or, past the bound, fetch on their own. A Redis
 //!   call that times out while another replica is known to be fetching is waited out within
-//!   that bound, and a first call that times out is tried once more: on a busy machine a
-//!   slow answer from Redis must not mean a second request to the customer's auth server.
+//!   that bound, and calls that time out are tried again for up to a second (or the auth
+//!   timeout, if shorter) in any case: on a busy machine a slow answer from Redis must not
+//!   mean a second request to the customer's auth server.
 //!   A refused connection (Redis down) still means fetching here at once.
 //! - A 401 deletes the shared token only if it is still the rejected one (compare-and-delete).
 //! - Redis is never waited on for long: every call has a short timeout, and any failure means
@@ -70,6 +71,9 @@ fn usable_for(
 
 /// No Redis call waits longer than this.
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long calls that time out are tried again before a replica that knows of no other
+/// fetching replica fetches on its own (at most the auth timeout).
+const SLOW_PATIENCE: Duration = Duration::from_secs(1);
 /// How often a replica waiting for another's fetch looks for its token.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -303,8 +307,8 @@ impl SharedTokens {
         // Another replica holds the fetch lock: a slow call while waiting for its token is
         // waited out (a busy machine), not a reason to ask the auth server a second time.
         let mut others_fetching = false;
-        // One slow first call is tried again before this replica goes on its own.
-        let mut retried = false;
+        // Slow calls are tried again for a short while before this replica goes on its own.
+        let patience = Instant::now() + src.timeout.min(SLOW_PATIENCE);
         loop {
             match self.read(&key, src.oauth.refresh_before_expiry).await {
                 Ok(Some(token)) => return Ok((token, true)),
@@ -312,9 +316,8 @@ impl SharedTokens {
                 Err(e)
                     if e.is_timeout()
                         && Instant::now() < deadline
-                        && (others_fetching || !retried) =>
+                        && (others_fetching || Instant::now() < patience) =>
                 {
-                    retried = true;
                     tracing::debug!(profile = src.profile, error = %e, "shared token cache slow; reading again");
                     continue;
                 }
@@ -349,7 +352,11 @@ impl SharedTokens {
                     others_fetching = true;
                     tokio::time::sleep(POLL).await;
                 }
-                Err(e) if e.is_timeout() && others_fetching && Instant::now() < deadline => {
+                Err(e)
+                    if e.is_timeout()
+                        && Instant::now() < deadline
+                        && (others_fetching || Instant::now() < patience) =>
+                {
                     tokio::time::sleep(POLL).await;
                 }
                 Ok(None) => {
