@@ -160,6 +160,7 @@ impl Outlet {
         &'a self,
         backoff: &'a SettleBackoff,
         shutdown: &'a CancellationToken,
+        acks: &'a Acks,
     ) -> Settler<'a> {
         Settler {
             publisher: &self.publisher,
@@ -167,7 +168,7 @@ impl Outlet {
             backoff,
             shutdown,
             receipts: self.receipts.as_deref(),
-            acks: None,
+            acks,
         }
     }
 }
@@ -182,34 +183,19 @@ pub struct Settler<'a> {
     pub shutdown: &'a CancellationToken,
     /// With `receipts.exchange`: each settlement's receipt goes out before the ack.
     pub receipts: Option<&'a Receipts>,
-    /// The delivery's channel's ack batcher ([`crate::amqp::acks`]); without one each
-    /// delivery is acked on its own.
-    pub acks: Option<&'a Acks>,
+    /// The ack batcher of the delivery's channel ([`crate::amqp::acks`]).
+    pub acks: &'a Acks,
 }
 
-impl<'a> Settler<'a> {
-    /// Acks go through `acks`, the delivery's channel's batcher.
-    pub fn with_acks(self, acks: &'a Acks) -> Self {
-        Self {
-            acks: Some(acks),
-            ..self
-        }
-    }
-
+impl Settler<'_> {
+    /// With the next batch, or at once on its own when no batch can cover it.
     async fn ack(&self, delivery: &Delivery) -> Result<(), lapin::Error> {
-        match self.acks {
-            None => {
-                delivery.ack(BasicAckOptions::default()).await?;
-            }
-            Some(acks) => {
-                if !acks.settled(delivery.delivery_tag, &delivery.acker) {
-                    let sent = delivery.ack(BasicAckOptions::default()).await;
-                    // Sent or failed (the channel is going), its tag no longer holds the
-                    // batches back.
-                    acks.released(delivery.delivery_tag);
-                    sent?;
-                }
-            }
+        if !self.acks.settled(delivery.delivery_tag, &delivery.acker) {
+            let sent = delivery.ack(BasicAckOptions::default()).await;
+            // Sent, or failed with its channel: either way a later `multiple` covering it
+            // acknowledges an event that is settled.
+            self.acks.released(delivery.delivery_tag);
+            sent?;
         }
         Ok(())
     }
@@ -224,8 +210,8 @@ impl<'a> Settler<'a> {
             .await;
         // A nack that failed leaves the tag open: the channel is failing, and no later
         // `multiple` may cover a delivery the broker still holds unsettled.
-        if let (Some(acks), Ok(_)) = (self.acks, &sent) {
-            acks.released(delivery.delivery_tag);
+        if sent.is_ok() {
+            self.acks.released(delivery.delivery_tag);
         }
         sent.map(|_| ())
     }

@@ -1,4 +1,4 @@
-//! Acks for the work queue's channel, several per frame.
+//! Acks of a consuming channel (the work queue's, each ordered partition's), several per frame.
 //!
 //! Each settled event is acked as before, after its settlement is confirmed; what changes is
 //! how the acks travel. One `basic.ack` with `multiple` acknowledges every delivery of the

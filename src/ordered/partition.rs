@@ -91,10 +91,7 @@ impl Feed {
         let mut next = Some(head);
         while let Some(delivery) = next.take() {
             d.metrics.inflight.inc();
-            let settler = self
-                .out
-                .settler(&d.settle_backoff, &d.shutdown)
-                .with_acks(acks);
+            let settler = self.out.settler(&d.settle_backoff, &d.shutdown, acks);
             let end = d.handle_ordered(&settler, delivery, &self.memory).await;
             d.metrics.inflight.dec();
             match end {

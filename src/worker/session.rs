@@ -139,7 +139,7 @@ impl Supervisor {
             // Boxed: the pipeline's future is several kilobytes, and a task's future is
             // copied when the task is made and again when it finishes.
             tracker.spawn(Box::pin(async move {
-                let settler = out.settler(&d.settle_backoff, &d.shutdown).with_acks(&acks);
+                let settler = out.settler(&d.settle_backoff, &d.shutdown, &acks);
                 d.handle(&settler, delivery).await;
                 drop(inflight);
             }));
