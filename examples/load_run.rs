@@ -13,10 +13,23 @@
 //!   `ratio_beside_hanging=`.
 //! - `tracing`: the `throughput` load with every trace exported (`sample_ratio: 1.0`, to a
 //!   collector that answers at once), against tracing off. Prints `ratio_tracing_on_vs_off=`.
+//! - `receipts`: the `throughput` load with receipts and the delivery log on, against off.
+//!   Prints `ratio_receipts_vs_off=`.
+//! - `ordered`: 1,000 keys over 8 partitions against the same events unordered, then one hot
+//!   key. Prints `ratio_ordered_vs_unordered=` and `ratio_one_key_vs_unordered=`.
+//! - `backlog`: a fast profile's events alone, then behind a slow profile's backlog
+//!   (`LOAD_BACKLOG=2000,20000` events answered after 4.5 s) queued ahead in the same queue,
+//!   then with that backlog in a lane of its own (its own queue and a second worker process).
+//!   Measured from the worker's start. Prints `ratio_beside_backlog_<n>=` and
+//!   `ratio_beside_backlog_in_lane_<n>=`.
+//!
+//! Each round also prints the CPU the consumer and the broker (RabbitMQ's `beam.smp` on this
+//! machine) spent per event.
 //!
 //! Events are queued before each consumer starts; a rate is measured at the receiver, from
 //! the first measured request to the last. Each round uses its own queues and deletes them.
-//! `load_run [SCENARIO] [EVENTS] [ROUNDS]`, SCENARIO = throughput | profiles | protection | tracing | all.
+//! `load_run [SCENARIO] [EVENTS] [ROUNDS]`, SCENARIO = throughput | profiles | protection |
+//! tracing | receipts | ordered | backlog | all.
 //!
 //! For investigating, not for the quoted figures: `LOAD_HANGING=N` hanging events (default
 //! 200), `LOAD_DELIVERY_EXTRA=", key: value"` appended to the worker's `delivery` section,
@@ -125,6 +138,10 @@ struct Load {
     from_start: bool,
     /// Top-level sections written before `profiles` (e.g. `tracing`).
     extra: String,
+    /// The `slow` profile's events go to a queue of their own (`<queue>.lane`), consumed by
+    /// a second worker process started beside the measured one: a lane an operator gives a
+    /// big customer (the backlog scenario).
+    lane: bool,
 }
 
 impl Load {
@@ -144,6 +161,23 @@ struct Round {
     rss_mib: f64,
     /// CPU time (user + system) the consumer process spent per event, microseconds.
     cpu_us: f64,
+    /// CPU time the broker (its `beam.smp`, when it runs on this machine) spent per event
+    /// from the consumer's start to the last measured request, microseconds.
+    broker_us: f64,
+}
+
+/// The broker's Erlang VM on this machine, if there is one.
+fn broker_pid() -> Option<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", "beam.smp.* -s rabbit"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// User + system CPU seconds of a running process.
@@ -207,16 +241,19 @@ async fn run_round(
             "receipts: {{exchange: {queue}.receipts, log: 1h}}\n"
         ));
     }
-    let yaml = format!(
-        "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}, partitions: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\n{}profiles:\n{}",
-        amqp_url(),
-        load.prefetch,
-        load.partitions,
-        load.concurrency,
-        std::env::var("LOAD_DELIVERY_EXTRA").unwrap_or_default(),
-        sections,
-        load.profiles
-    );
+    let yaml_for = |queue: &str, metrics_port: u16| {
+        format!(
+            "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}, partitions: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\n{}profiles:\n{}",
+            amqp_url(),
+            load.prefetch,
+            load.partitions,
+            load.concurrency,
+            std::env::var("LOAD_DELIVERY_EXTRA").unwrap_or_default(),
+            sections,
+            load.profiles
+        )
+    };
+    let yaml = yaml_for(&queue, metrics_port);
     let config_path = dir.join(format!("{queue}.yaml"));
     std::fs::write(&config_path, &yaml)?;
     let config = Config::from_yaml(&yaml, &config_path, |_| None)?;
@@ -227,6 +264,22 @@ async fn run_round(
     let ch = conn.create_channel().await?;
     topology.declare(&ch, &delays).await?;
     topology.declare_ordered(&ch).await?;
+    // The lane: its own queue (and delay queues), its own worker process.
+    let lane = if load.lane {
+        let lane_queue = format!("{queue}.lane");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let yaml = yaml_for(&lane_queue, port);
+        let path = dir.join(format!("{lane_queue}.yaml"));
+        std::fs::write(&path, &yaml)?;
+        let config = Config::from_yaml(&yaml, &path, |_| None)?;
+        let topology = Topology::new(&config.amqp);
+        topology.declare(&ch, &delays).await?;
+        Some((lane_queue, path, topology))
+    } else {
+        None
+    };
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let (exchange, routing_key) = if load.partitions > 0 {
         (topology.ordered_exchange(), String::new())
@@ -257,6 +310,10 @@ async fn run_round(
                 .with_message_id(id.as_str().into())
                 .with_delivery_mode(2)
                 .with_headers(headers);
+            let (exchange, routing_key) = match &lane {
+                Some((lane_queue, _, _)) if profile == "slow" => (lane_queue, lane_queue),
+                _ => (&exchange, &routing_key),
+            };
             pending.push(
                 ch.basic_publish(
                     exchange.as_str().into(),
@@ -279,19 +336,32 @@ async fn run_round(
         .count();
     *seen.lock().unwrap() = Seen::default();
 
-    let log = std::fs::File::create(dir.join(format!("{queue}.log")))?;
-    let spawned = Instant::now();
-    let mut child: Child = match kind {
-        Consumer::Worker => Command::new(binary("callback-dispatcher")?)
+    let spawn_worker = |config: &Path, log: std::fs::File| {
+        Command::new(binary("callback-dispatcher")?)
             .args(["run", "--config"])
-            .arg(&config_path)
+            .arg(config)
             .env(
                 "RUST_LOG",
                 std::env::var("LOAD_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdout(Stdio::null())
             .stderr(log)
-            .spawn()?,
+            .spawn()
+            .map_err(anyhow::Error::from)
+    };
+    let mut lane_child = match &lane {
+        Some((lane_queue, path, _)) => Some(spawn_worker(
+            path,
+            std::fs::File::create(dir.join(format!("{lane_queue}.log")))?,
+        )?),
+        None => None,
+    };
+    let log = std::fs::File::create(dir.join(format!("{queue}.log")))?;
+    let broker = broker_pid();
+    let broker_cpu = broker.map_or(0.0, cpu_secs);
+    let spawned = Instant::now();
+    let mut child: Child = match kind {
+        Consumer::Worker => spawn_worker(&config_path, log)?,
         Consumer::Bare => Command::new(binary("bare_consumer")?)
             .args([
                 amqp_url(),
@@ -359,16 +429,30 @@ async fn run_round(
     }
     let rss = rss_mib(child.id());
     let cpu = cpu_secs(child.id());
+    let broker_cpu = broker.map_or(0.0, |pid| cpu_secs(pid) - broker_cpu);
     if let Some(mut p) = perf {
         Command::new("kill")
             .args(["-INT", &p.id().to_string()])
             .status()?;
         p.wait()?;
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    child.wait()?;
+    for c in std::iter::once(&mut child).chain(lane_child.as_mut()) {
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()?;
+        c.wait()?;
+    }
+    if let Some((_, _, lane)) = &lane {
+        for q in lane.queues(&delays) {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        ch.exchange_delete(
+            lane.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    }
     let (first, last) = {
         let s = seen.lock().unwrap();
         (
@@ -412,6 +496,7 @@ async fn run_round(
         rate,
         rss_mib: rss,
         cpu_us: cpu * 1e6 / load.events.len() as f64,
+        broker_us: broker_cpu * 1e6 / load.events.len() as f64,
     })
 }
 
@@ -442,13 +527,15 @@ async fn compare(
         let x = run_round(b.1, b.2, base, seen, dir).await?;
         let y = run_round(a.1, a.2, base, seen, dir).await?;
         println!(
-            "{name} round {round}: {} {:.0}/s ({:.0} µs CPU/event), {} {:.0}/s ({:.0} µs CPU/event, peak RSS {:.1} MiB), ratio {:.3}",
+            "{name} round {round}: {} {:.0}/s ({:.0} µs CPU/event, broker {:.0}), {} {:.0}/s ({:.0} µs CPU/event, broker {:.0}, peak RSS {:.1} MiB), ratio {:.3}",
             b.0,
             x.rate,
             x.cpu_us,
+            x.broker_us,
             a.0,
             y.rate,
             y.cpu_us,
+            y.broker_us,
             y.rss_mib,
             y.rate / x.rate
         );
@@ -498,6 +585,7 @@ async fn main() -> anyhow::Result<()> {
         keys: 0,
         from_start: false,
         extra: String::new(),
+        lane: false,
     };
     if scenario == "all" || scenario == "throughput" {
         let (ratio, rate, rss) = compare(
@@ -528,6 +616,7 @@ async fn main() -> anyhow::Result<()> {
             partitions: 0,
             keys: 0,
             from_start: false,
+            lane: false,
         };
         let (ratio, rate, rss) = compare(
             "tracing",
@@ -562,6 +651,7 @@ async fn main() -> anyhow::Result<()> {
             keys: 0,
             from_start: false,
             extra: String::new(),
+            lane: false,
         };
         let (ratio, rate, _) = compare(
             "profiles",
@@ -606,6 +696,7 @@ async fn main() -> anyhow::Result<()> {
             keys: 0,
             from_start: false,
             extra: String::new(),
+            lane: false,
         };
         let beside = Load {
             profiles,
@@ -617,6 +708,7 @@ async fn main() -> anyhow::Result<()> {
             keys: 0,
             from_start: false,
             extra: String::new(),
+            lane: false,
         };
         let (ratio, rate, _) = compare(
             "protection",
@@ -745,6 +837,32 @@ async fn main() -> anyhow::Result<()> {
                 "backlog: fast profile with {backlog} slow events (4.5 s each, timeout 5 s) queued ahead median {rate:.0} events/s from start"
             );
             println!("ratio_beside_backlog_{backlog}={ratio:.3}");
+            // The same backlog in a lane of its own (a queue and a worker deployment for the
+            // slow customer, SPEC section 9's way out for a backlog this deep).
+            let in_lane = Load {
+                profiles: profiles.clone(),
+                events: beside.events.clone(),
+                lane: true,
+                ..beside.clone_settings()
+            };
+            let (ratio, rate, _) = compare(
+                &format!("lane {backlog}"),
+                rounds,
+                (
+                    "beside the backlog in its own lane",
+                    Consumer::Worker,
+                    &in_lane,
+                ),
+                ("alone", Consumer::Worker, &alone),
+                &base,
+                &seen,
+                &dir,
+            )
+            .await?;
+            println!(
+                "lane: fast profile with {backlog} slow events in a lane of their own median {rate:.0} events/s from start"
+            );
+            println!("ratio_beside_backlog_in_lane_{backlog}={ratio:.3}");
         }
     }
     if std::env::var_os("LOAD_KEEP").is_none() {

@@ -177,15 +177,25 @@ fn tls_handshake(err: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            && io_wraps_rustls(io)
         {
             return true;
         }
         source = s.source();
     }
     false
+}
+
+/// An `io::Error`'s `source()` skips the error it wraps, and connectors wrap one `io::Error`
+/// in another (`Other` around tokio-rustls' `InvalidData`), so they are unwrapped here.
+fn io_wraps_rustls(io: &std::io::Error) -> bool {
+    match io.get_ref() {
+        Some(inner) if inner.is::<rustls::Error>() => true,
+        Some(inner) => inner
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(io_wraps_rustls),
+        None => false,
+    }
 }
 
 /// A reqwest error as text, without the URL (an auth URL may carry credentials in its query).
@@ -198,6 +208,10 @@ pub fn describe(err: reqwest::Error) -> String {
         "connection failed"
     } else if err.is_body() || err.is_decode() {
         "response body error"
+    } else if find::<hyper::Error>(&err).is_some_and(hyper::Error::is_canceled) {
+        // hyper drops the connection's own error here; the usual cause is a TLS 1.3 server
+        // refusing the client certificate just after the handshake.
+        "connection closed before the request was sent"
     } else {
         "request failed"
     };

@@ -299,6 +299,10 @@ fn a_private_key_that_cannot_sign_is_a_config_error_that_never_shows_it() {
 async fn mutual_tls_to_the_callback_and_the_auth_server() {
     let pki = pki();
     let receiver = Server::start_tls(mtls_config(&pki), |_, _| Reply::status(200)).await;
+    // The profile without a client certificate calls a TLS 1.2 receiver, which refuses it
+    // inside the handshake; under TLS 1.3 the refusal races the request (see
+    // `mtls_config_tls12`).
+    let refusing = Server::start_tls(mtls_config_tls12(&pki), |_, _| Reply::status(200)).await;
     let auth = Server::start_tls(mtls_config(&pki), |_, _| {
         Reply::json(
             200,
@@ -327,7 +331,9 @@ async fn mutual_tls_to_the_callback_and_the_auth_server() {
             OAuth2::new(&auth.url("/token"), "c", "s"),
         )
         .tls(with_client),
-        Profile::new("nocert", &receiver.url("/hook")).tls(without_client),
+        Profile::new("nocert", &refusing.url("/hook")).tls(without_client),
+        // The receiver's certificate is from a CA this profile does not trust.
+        Profile::new("untrusted", &receiver.url("/hook")),
     ];
     let env = Env::new("mtls");
     let worker = env
@@ -335,8 +341,9 @@ async fn mutual_tls_to_the_callback_and_the_auth_server() {
         .await;
     env.publish(Some("mtls"), "mtls-1", b"{}").await;
     env.publish(Some("nocert"), "nocert-1", b"{}").await;
+    env.publish(Some("untrusted"), "untrusted-1", b"{}").await;
     worker.wait_delivered("mtls", 1).await;
-    let dead = env.wait_dead(1, LIMIT).await;
+    let dead = env.wait_dead(2, LIMIT).await;
     let r = &receiver.all()[0];
     assert_eq!(
         r.header("authorization").as_deref(),
@@ -347,17 +354,20 @@ async fn mutual_tls_to_the_callback_and_the_auth_server() {
         1,
         "the auth server also got the client certificate"
     );
+    assert_eq!(receiver.count(), 1);
     assert_eq!(
-        receiver.count(),
-        1,
+        refusing.count(),
+        0,
         "the request without a certificate never got through"
     );
-    let error = header_text(&dead[0], "x-last-error").unwrap();
-    assert!(error.contains("TLS handshake failed"), "{error}");
-    assert_eq!(
-        worker.metrics().await.attempts("nocert", "connect_error"),
-        1.0
-    );
+    for d in &dead {
+        let error = header_text(d, "x-last-error").unwrap();
+        assert!(error.contains("TLS handshake failed"), "{error}");
+    }
+    let metrics = worker.metrics().await;
+    for profile in ["nocert", "untrusted"] {
+        assert_eq!(metrics.attempts(profile, "connect_error"), 1.0, "{profile}");
+    }
     worker.stop().await.unwrap();
 }
 

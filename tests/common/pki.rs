@@ -39,6 +39,21 @@ pub fn pki() -> Pki {
 
 /// A TLS server config for `pki.server` that requires a client certificate from the CA.
 pub fn mtls_config(pki: &Pki) -> rustls::ServerConfig {
+    mtls_config_with(pki, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`mtls_config`] speaking only TLS 1.2: a client without a certificate is refused inside
+/// the handshake. Under TLS 1.3 the server refuses it only after the client has finished its
+/// side of the handshake, so the client sees either the server's alert or the connection
+/// closing before its request went out, whichever comes first.
+pub fn mtls_config_tls12(pki: &Pki) -> rustls::ServerConfig {
+    mtls_config_with(pki, &[&rustls::version::TLS12])
+}
+
+fn mtls_config_with(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ServerConfig {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -51,7 +66,7 @@ pub fn mtls_config(pki: &Pki) -> rustls::ServerConfig {
     .build()
     .unwrap();
     rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_client_cert_verifier(verifier)
         .with_single_cert(
