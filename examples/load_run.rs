@@ -33,7 +33,7 @@
 //!
 //! For investigating, not for the quoted figures: `LOAD_HANGING=N` hanging events (default
 //! 200), `LOAD_DELIVERY_EXTRA=", key: value"` appended to the worker's `delivery` section,
-//! `LOAD_RUST_LOG` for the worker, `LOAD_PERF=FILE` to record it with `perf`, `LOAD_KEEP=1` to
+//! `LOAD_RUST_LOG` for the worker, `LOAD_RECEIPTS_LOG=none` for receipts without the log, `LOAD_PERF=FILE` to record it with `perf`, `LOAD_KEEP=1` to
 //! keep its logs.
 
 use std::path::{Path, PathBuf};
@@ -162,7 +162,7 @@ struct Round {
     /// CPU time (user + system) the consumer process spent per event, microseconds.
     cpu_us: f64,
     /// CPU time the broker (its `beam.smp`, when it runs on this machine) spent per event
-    /// from the consumer's start to the last measured request, microseconds.
+    /// published from the consumer's start to the last measured request, microseconds.
     broker_us: f64,
 }
 
@@ -237,15 +237,18 @@ async fn run_round(
         .port();
     let mut sections = load.extra.clone();
     if load.receipts {
-        sections.push_str(&format!(
-            "receipts: {{exchange: {queue}.receipts, log: 1h}}\n"
-        ));
+        // LOAD_RECEIPTS_LOG=none: receipts without the delivery log (for investigating).
+        let log = match std::env::var("LOAD_RECEIPTS_LOG").as_deref() {
+            Ok("none") => String::new(),
+            _ => ", log: 1h".to_owned(),
+        };
+        sections.push_str(&format!("receipts: {{exchange: {queue}.receipts{log}}}\n"));
     }
-    let yaml_for = |queue: &str, metrics_port: u16| {
+    let yaml_for = |queue: &str, metrics_port: u16, prefetch: u16| {
         format!(
             "amqp: {{url: \"{}\", queue: {queue}, exchange: {queue}, prefetch: {}, partitions: {}}}\ndelivery: {{concurrency: {}, allow_networks: [127.0.0.0/8], timeout: 5s{}}}\nretry: {{initial_delay: 1s, max_delay: 1m}}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\nlog: {{format: json}}\n{}profiles:\n{}",
             amqp_url(),
-            load.prefetch,
+            prefetch,
             load.partitions,
             load.concurrency,
             std::env::var("LOAD_DELIVERY_EXTRA").unwrap_or_default(),
@@ -253,7 +256,7 @@ async fn run_round(
             load.profiles
         )
     };
-    let yaml = yaml_for(&queue, metrics_port);
+    let yaml = yaml_for(&queue, metrics_port, load.prefetch);
     let config_path = dir.join(format!("{queue}.yaml"));
     std::fs::write(&config_path, &yaml)?;
     let config = Config::from_yaml(&yaml, &config_path, |_| None)?;
@@ -270,7 +273,11 @@ async fn run_round(
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let yaml = yaml_for(&lane_queue, port);
+        // A lane's prefetch is its customer's concurrency (a quarter of `concurrency` by
+        // default): every event it is given can be attempted at once, so none waits or is
+        // deferred, and the backlog stays on the broker until its turn.
+        let per_profile = (load.concurrency / 4).max(1) as u16;
+        let yaml = yaml_for(&lane_queue, port, per_profile);
         let path = dir.join(format!("{lane_queue}.yaml"));
         std::fs::write(&path, &yaml)?;
         let config = Config::from_yaml(&yaml, &path, |_| None)?;
@@ -333,6 +340,12 @@ async fn run_round(
         .events
         .iter()
         .filter(|(_, id)| id.starts_with('m'))
+        .count();
+    // The events the measured consumer is given (a lane's go to the other worker).
+    let consumed = load
+        .events
+        .iter()
+        .filter(|(profile, _)| !(load.lane && profile == "slow"))
         .count();
     *seen.lock().unwrap() = Seen::default();
 
@@ -495,7 +508,7 @@ async fn run_round(
     Ok(Round {
         rate,
         rss_mib: rss,
-        cpu_us: cpu * 1e6 / load.events.len() as f64,
+        cpu_us: cpu * 1e6 / consumed as f64,
         broker_us: broker_cpu * 1e6 / load.events.len() as f64,
     })
 }

@@ -305,3 +305,82 @@ async fn an_event_older_than_max_age_is_dead_lettered_without_a_request() {
     );
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_in_a_lane_of_its_own_is_never_ahead_of_the_others() {
+    // docs/events.md, "A lane for a big customer": the slow customer's backlog goes to a queue
+    // of its own, consumed by a second worker whose prefetch is that customer's concurrency.
+    // Its first attempt fails once (503), the rest answer after 1.5 s: 32 events 4 at a time
+    // take at least 12 s, the healthy 200 a second or two.
+    let slow = Server::start(|n, _| {
+        if n == 0 {
+            Reply::status(503)
+        } else {
+            Reply::status(200).after(ms(1500))
+        }
+    })
+    .await;
+    let healthy = Server::start(|_, _| Reply::status(200)).await;
+    let profiles = || {
+        [
+            Profile::new("slow", &slow.url("/")).concurrency(4),
+            Profile::new("ok", &healthy.url("/")),
+        ]
+    };
+    let retry = || Retry::backoff(ms(200), secs(10));
+    let (shared, lane) = (Env::new("shared"), Env::new("lane"));
+    let shared_worker = shared
+        .start(shared.config(&shared.file(retry(), profiles())))
+        .await;
+    let mut lane_file = lane.file(retry(), profiles());
+    lane_file.amqp.prefetch = Some(4);
+    let lane_worker = lane.start(lane.config(&lane_file)).await;
+
+    let (n_slow, n_ok) = (32, 200);
+    lane.publish_many(n_slow, |i| {
+        (
+            event_props(Some("slow"), &format!("slow-{i}")),
+            b"{}".to_vec(),
+        )
+    })
+    .await;
+    shared
+        .publish_many(n_ok, |i| {
+            (event_props(Some("ok"), &format!("ok-{i}")), b"{}".to_vec())
+        })
+        .await;
+    shared_worker.wait_delivered("ok", n_ok).await;
+    assert!(
+        lane_worker.metrics().await.deliveries("slow", "delivered") < n_slow as f64,
+        "the healthy events were all delivered while the lane still worked on its backlog"
+    );
+    lane_worker.wait_delivered("slow", n_slow).await;
+
+    // The lane did it all, once each, its retry through its own delay queue, nothing deferred.
+    let ids = ids(&slow);
+    assert_eq!(ids.len(), n_slow);
+    assert_eq!(
+        ids.values().sum::<usize>(),
+        n_slow + 1,
+        "one retry: {ids:?}"
+    );
+    assert!(slow.most_in_flight() <= 4, "{}", slow.most_in_flight());
+    let (in_lane, in_shared) = (lane_worker.metrics().await, shared_worker.metrics().await);
+    assert_eq!(in_lane.deliveries("slow", "retry_scheduled"), 1.0);
+    for reason in ["concurrency", "rate_limit", "circuit_open"] {
+        assert_eq!(
+            in_lane.value(
+                "callback_dispatcher_deferrals_total",
+                &[("profile", "slow"), ("reason", reason)]
+            ),
+            0.0,
+            "{reason}"
+        );
+    }
+    assert_eq!(in_shared.deliveries("slow", "delivered"), 0.0);
+    assert_eq!(in_shared.deliveries("slow", "retry_scheduled"), 0.0);
+    assert_eq!(shared.queue_counts().await.0, 0);
+    assert_eq!(lane.queue_counts().await.0, 0);
+    shared_worker.stop().await.unwrap();
+    lane_worker.stop().await.unwrap();
+}
