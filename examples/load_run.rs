@@ -456,15 +456,7 @@ async fn run_round(
         c.wait()?;
     }
     if let Some((_, _, lane)) = &lane {
-        for q in lane.queues(&delays) {
-            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-        }
-        ch.exchange_delete(
-            lane.exchange.as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await?;
+        delete(&ch, lane, &delays).await?;
     }
     let (first, last) = {
         let s = seen.lock().unwrap();
@@ -473,15 +465,7 @@ async fn run_round(
             *s.measured.iter().max().unwrap(),
         )
     };
-    for q in topology.queues(&delays) {
-        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    ch.exchange_delete(
-        topology.exchange.as_str().into(),
-        ExchangeDeleteOptions::default(),
-    )
-    .await?;
+    delete(&ch, &topology, &delays).await?;
     if load.partitions > 0 {
         ch.exchange_delete(
             topology.ordered_exchange().as_str().into(),
@@ -513,6 +497,20 @@ async fn run_round(
     })
 }
 
+/// Delete a round's work queue, delay queues, dead-letter queue and exchange.
+async fn delete(ch: &lapin::Channel, topology: &Topology, delays: &[u64]) -> anyhow::Result<()> {
+    for q in topology.queues(delays) {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    ch.exchange_delete(
+        topology.exchange.as_str().into(),
+        ExchangeDeleteOptions::default(),
+    )
+    .await?;
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -522,6 +520,26 @@ fn oauth_profile(id: &str, base: &str, path: &str) -> String {
     format!(
         "  - id: {id}\n    url: \"{base}{path}\"\n    signing: {{secrets: [\"{SECRET}\"]}}\n    auth: {{type: oauth2, url: \"{base}/token\", client_id: c-{id}, client_secret: s}}\n"
     )
+}
+
+/// What every round needs: the receiver's address, what it saw, where logs go.
+struct Bench {
+    base: String,
+    seen: Shared,
+    dir: PathBuf,
+}
+
+impl Bench {
+    /// Run `a` and `b` in turn, `rounds` times; print each round and the median ratio a/b.
+    async fn compare(
+        &self,
+        name: &str,
+        rounds: usize,
+        a: (&str, Consumer, &Load),
+        b: (&str, Consumer, &Load),
+    ) -> anyhow::Result<(f64, f64, f64)> {
+        compare(name, rounds, a, b, &self.base, &self.seen, &self.dir).await
+    }
 }
 
 /// Run `a` and `b` in turn, `rounds` times; print each round and the median ratio a/b.
@@ -580,6 +598,11 @@ async fn main() -> anyhow::Result<()> {
     let seen: Shared = Arc::default();
     let base = servers(seen.clone()).await?;
     let dir = tempfile_dir()?;
+    let bench = Bench {
+        base: base.clone(),
+        seen: seen.clone(),
+        dir: dir.clone(),
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "load run: {n} events of 512 bytes, {rounds} rounds, {cores} cores, receiver answers 204 at once, RabbitMQ quorum queue"
@@ -601,16 +624,14 @@ async fn main() -> anyhow::Result<()> {
         lane: false,
     };
     if scenario == "all" || scenario == "throughput" {
-        let (ratio, rate, rss) = compare(
-            "throughput",
-            rounds,
-            ("worker", Consumer::Worker, &one),
-            ("bare", Consumer::Bare, &one),
-            &base,
-            &seen,
-            &dir,
-        )
-        .await?;
+        let (ratio, rate, rss) = bench
+            .compare(
+                "throughput",
+                rounds,
+                ("worker", Consumer::Worker, &one),
+                ("bare", Consumer::Bare, &one),
+            )
+            .await?;
         println!(
             "throughput: worker median {rate:.0} events/s, peak RSS {rss:.1} MiB, prefetch 256, concurrency 256"
         );
@@ -631,16 +652,14 @@ async fn main() -> anyhow::Result<()> {
             from_start: false,
             lane: false,
         };
-        let (ratio, rate, rss) = compare(
-            "tracing",
-            rounds,
-            ("tracing on", Consumer::Worker, &traced),
-            ("tracing off", Consumer::Worker, &one),
-            &base,
-            &seen,
-            &dir,
-        )
-        .await?;
+        let (ratio, rate, rss) = bench
+            .compare(
+                "tracing",
+                rounds,
+                ("tracing on", Consumer::Worker, &traced),
+                ("tracing off", Consumer::Worker, &one),
+            )
+            .await?;
         println!(
             "tracing: worker with every trace exported median {rate:.0} events/s, peak RSS {rss:.1} MiB"
         );
@@ -666,16 +685,14 @@ async fn main() -> anyhow::Result<()> {
             extra: String::new(),
             lane: false,
         };
-        let (ratio, rate, _) = compare(
-            "profiles",
-            rounds,
-            ("1000 profiles", Consumer::Worker, &many),
-            ("1 profile", Consumer::Worker, &one),
-            &base,
-            &seen,
-            &dir,
-        )
-        .await?;
+        let (ratio, rate, _) = bench
+            .compare(
+                "profiles",
+                rounds,
+                ("1000 profiles", Consumer::Worker, &many),
+                ("1 profile", Consumer::Worker, &one),
+            )
+            .await?;
         println!(
             "profiles: 1000 oauth2 profiles median {rate:.0} events/s after 1000 token requests"
         );
@@ -723,16 +740,14 @@ async fn main() -> anyhow::Result<()> {
             extra: String::new(),
             lane: false,
         };
-        let (ratio, rate, _) = compare(
-            "protection",
-            rounds,
-            ("beside hanging", Consumer::Worker, &beside),
-            ("alone", Consumer::Worker, &alone),
-            &base,
-            &seen,
-            &dir,
-        )
-        .await?;
+        let (ratio, rate, _) = bench
+            .compare(
+                "protection",
+                rounds,
+                ("beside hanging", Consumer::Worker, &beside),
+                ("alone", Consumer::Worker, &alone),
+            )
+            .await?;
         println!(
             "protection: healthy profile beside a hanging one ({hanging} events answering after 4.5 s, timeout 5 s, interleaved 1:1 first) median {rate:.0} events/s, prefetch 64, concurrency 32"
         );
@@ -745,16 +760,14 @@ async fn main() -> anyhow::Result<()> {
             receipts: true,
             ..one.clone_settings()
         };
-        let (ratio, rate, rss) = compare(
-            "receipts",
-            rounds,
-            ("receipts and log on", Consumer::Worker, &with),
-            ("receipts off", Consumer::Worker, &one),
-            &base,
-            &seen,
-            &dir,
-        )
-        .await?;
+        let (ratio, rate, rss) = bench
+            .compare(
+                "receipts",
+                rounds,
+                ("receipts and log on", Consumer::Worker, &with),
+                ("receipts off", Consumer::Worker, &one),
+            )
+            .await?;
         println!(
             "receipts: worker with a receipt per event and the delivery log median {rate:.0} events/s, peak RSS {rss:.1} MiB"
         );
@@ -769,20 +782,18 @@ async fn main() -> anyhow::Result<()> {
             ..one.clone_settings()
         };
         let spread = keyed(8, 1000);
-        let (ratio, rate, _) = compare(
-            "ordered",
-            rounds,
-            (
-                "ordered, 1000 keys over 8 partitions",
-                Consumer::Worker,
-                &spread,
-            ),
-            ("unordered", Consumer::Worker, &one),
-            &base,
-            &seen,
-            &dir,
-        )
-        .await?;
+        let (ratio, rate, _) = bench
+            .compare(
+                "ordered",
+                rounds,
+                (
+                    "ordered, 1000 keys over 8 partitions",
+                    Consumer::Worker,
+                    &spread,
+                ),
+                ("unordered", Consumer::Worker, &one),
+            )
+            .await?;
         println!("ordered: 1000 keys over 8 partitions median {rate:.0} events/s");
         println!("ratio_ordered_vs_unordered={ratio:.3}");
         let hot = Load {
@@ -793,16 +804,14 @@ async fn main() -> anyhow::Result<()> {
             events: hot.events.clone(),
             ..keyed(0, 0)
         };
-        let (ratio, rate, _) = compare(
-            "hot key",
-            1,
-            ("one key", Consumer::Worker, &hot),
-            ("unordered", Consumer::Worker, &cold),
-            &base,
-            &seen,
-            &dir,
-        )
-        .await?;
+        let (ratio, rate, _) = bench
+            .compare(
+                "hot key",
+                1,
+                ("one key", Consumer::Worker, &hot),
+                ("unordered", Consumer::Worker, &cold),
+            )
+            .await?;
         println!("hot key: all events on one key {rate:.0} events/s (one at a time)");
         println!("ratio_one_key_vs_unordered={ratio:.3}");
     }
@@ -836,20 +845,6 @@ async fn main() -> anyhow::Result<()> {
                 from_start: true,
                 ..one.clone_settings()
             };
-            let (ratio, rate, _) = compare(
-                &format!("backlog {backlog}"),
-                rounds,
-                ("beside the backlog", Consumer::Worker, &beside),
-                ("alone", Consumer::Worker, &alone),
-                &base,
-                &seen,
-                &dir,
-            )
-            .await?;
-            println!(
-                "backlog: fast profile with {backlog} slow events (4.5 s each, timeout 5 s) queued ahead median {rate:.0} events/s from start"
-            );
-            println!("ratio_beside_backlog_{backlog}={ratio:.3}");
             // The same backlog in a lane of its own (a queue and a worker deployment for the
             // slow customer, SPEC section 9's way out for a backlog this deep).
             let in_lane = Load {
@@ -858,24 +853,32 @@ async fn main() -> anyhow::Result<()> {
                 lane: true,
                 ..beside.clone_settings()
             };
-            let (ratio, rate, _) = compare(
-                &format!("lane {backlog}"),
-                rounds,
+            for (name, what, load, key) in [
+                ("backlog", "queued ahead", &beside, "ratio_beside_backlog"),
                 (
-                    "beside the backlog in its own lane",
-                    Consumer::Worker,
+                    "lane",
+                    "in a lane of their own",
                     &in_lane,
+                    "ratio_beside_backlog_in_lane",
                 ),
-                ("alone", Consumer::Worker, &alone),
-                &base,
-                &seen,
-                &dir,
-            )
-            .await?;
-            println!(
-                "lane: fast profile with {backlog} slow events in a lane of their own median {rate:.0} events/s from start"
-            );
-            println!("ratio_beside_backlog_in_lane_{backlog}={ratio:.3}");
+            ] {
+                let (ratio, rate, _) = bench
+                    .compare(
+                        &format!("{name} {backlog}"),
+                        rounds,
+                        (
+                            &format!("beside the backlog {what}"),
+                            Consumer::Worker,
+                            load,
+                        ),
+                        ("alone", Consumer::Worker, &alone),
+                    )
+                    .await?;
+                println!(
+                    "{name}: fast profile with {backlog} slow events (4.5 s each, timeout 5 s) {what} median {rate:.0} events/s from start"
+                );
+                println!("{key}_{backlog}={ratio:.3}");
+            }
         }
     }
     if std::env::var_os("LOAD_KEEP").is_none() {
