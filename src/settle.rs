@@ -196,6 +196,7 @@ impl Settler<'_> {
             // acknowledges an event that is settled.
             self.acks.released(delivery.delivery_tag);
             sent?;
+            self.acks.commit().await?;
         }
         Ok(())
     }
@@ -213,7 +214,8 @@ impl Settler<'_> {
         if sent.is_ok() {
             self.acks.released(delivery.delivery_tag);
         }
-        sent.map(|_| ())
+        sent?;
+        self.acks.commit().await
     }
     /// The event back into a delay queue with `set` changed in its headers, keeping its id
     /// and when it was first attempted (`max_age` counts from it when the event has no

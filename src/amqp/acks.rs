@@ -14,9 +14,19 @@
 //! - settled events above it are held while the oldest open event is young (under
 //!   [`HOLD`]), because it usually settles within milliseconds and then one frame covers all;
 //!   once it is older (a slow endpoint, an event left unacknowledged), they are acked one by
-//!   one at once, by the settling task itself ([`Acks::settled`] says so), so a slow event
-//!   never keeps finished ones in the prefetch window and the acks it blocks cost what they
-//!   cost before batching.
+//!   one at once, so a slow event never keeps finished ones in the prefetch window.
+//!
+//! Single acks are what a slow endpoint beside fast ones costs: a quorum queue replicates
+//! one settle command per ack frame. The work queue's channel is therefore in transaction
+//! mode ([`Acks::transactional`]): a round's acks, single or `multiple`, are followed by one
+//! `tx.commit`, and the broker settles everything the round acked in one command (measured
+//! with a quorum queue: about 104 µs of broker CPU per event acked alone, 65 in transactions,
+//! 25 with `multiple`). On that channel every settled event joins a round; on a channel
+//! without transactions (the ordered partitions', where a waiting key's events are few) an
+//! ack that a batch cannot cover is sent at once by the settling task itself
+//! ([`Acks::settled`] says so). Either way an ack still follows its event's settlement, and
+//! one that is not committed when the channel dies is as if never sent: the broker delivers
+//! the event again.
 //!
 //! A nack is sent before its tag is released ([`Acks::released`]): a later `multiple` must
 //! never cover a delivery that is on its way back to the queue. A crash between a settlement
@@ -43,6 +53,8 @@ pub const HOLD: Duration = Duration::from_millis(50);
 pub struct Acks {
     state: Mutex<State>,
     wake: Notify,
+    /// The channel, when it is in transaction mode (see [`Acks::transactional`]).
+    tx: Option<lapin::Channel>,
 }
 
 #[derive(Default)]
@@ -98,6 +110,25 @@ pub fn plan<T>(held: &mut Vec<(u64, T)>, oldest: Option<(u64, Instant)>, now: In
 }
 
 impl Acks {
+    /// The acks of a channel in transaction mode (`tx.select`): every ack and nack on it
+    /// takes effect at the next `tx.commit`, which this batcher sends after each round, and
+    /// every settled event joins a round, even above an old open delivery. The broker then
+    /// settles a round's single acks in one command for the queue instead of one each.
+    pub fn transactional(channel: lapin::Channel) -> Acks {
+        Acks {
+            tx: Some(channel),
+            ..Acks::default()
+        }
+    }
+
+    /// After an ack or nack sent outside a round: commit it (transaction mode only).
+    pub async fn commit(&self) -> Result<(), lapin::Error> {
+        match &self.tx {
+            Some(channel) => channel.tx_commit().await,
+            None => Ok(()),
+        }
+    }
+
     /// A delivery arrived on the channel: it is open until settled or released.
     pub fn received(&self, tag: u64) {
         let mut s = self.state.lock().expect("acks lock");
@@ -116,7 +147,8 @@ impl Acks {
             if s.stopped {
                 return false;
             }
-            if let Some((low, since)) = s.open.first_key_value()
+            if self.tx.is_none()
+                && let Some((low, since)) = s.open.first_key_value()
                 && tag > *low
                 && since.elapsed() >= HOLD
             {
@@ -162,7 +194,11 @@ impl Acks {
             tokio::task::yield_now().await;
             let round = self.take();
             recheck_at = round.recheck_at;
-            let sent = send(round).await;
+            let any = round.multiple.is_some() || !round.single.is_empty();
+            let mut sent = send(round).await;
+            if any && sent.is_ok() {
+                sent = self.commit().await;
+            }
             let mut s = self.state.lock().expect("acks lock");
             s.last_sent = Some(Instant::now());
             if sent.is_err() {
@@ -186,6 +222,7 @@ impl Acks {
         let acks = all.iter().map(|(_, a)| a.ack(BasicAckOptions::default()));
         futures_util::future::join_all(acks).await;
         if !all.is_empty() {
+            let _ = self.commit().await;
             self.state.lock().expect("acks lock").last_sent = Some(Instant::now());
         }
     }

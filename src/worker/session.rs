@@ -46,6 +46,8 @@ impl Supervisor {
             channel
                 .basic_qos(prefetch, BasicQosOptions::default())
                 .await?;
+            // Acks on the work queue's channel go in transactions (see `amqp::acks`).
+            channel.tx_select().await?;
             let consumer = channel
                 .basic_consume(
                     self.topology.queue.as_str().into(),
@@ -94,8 +96,8 @@ impl Supervisor {
         // so that the last ones go out before the channels close.
         let acks_stop = CancellationToken::new();
         let mut acking = Vec::with_capacity(partitions.len() + 1);
-        let mut batcher = || {
-            let acks = Arc::new(Acks::default());
+        let mut batcher = |acks: Acks| {
+            let acks = Arc::new(acks);
             let stop = acks_stop.clone();
             let task = tokio::spawn({
                 let acks = acks.clone();
@@ -104,10 +106,10 @@ impl Supervisor {
             acking.push((acks.clone(), task));
             acks
         };
-        let acks = batcher();
+        let acks = batcher(Acks::transactional(channel.clone()));
         let mut ordered = Vec::with_capacity(partitions.len());
         for p in partitions {
-            tokio::spawn(feed.clone().run(p.consumer, batcher()));
+            tokio::spawn(feed.clone().run(p.consumer, batcher(Acks::default())));
             ordered.push((p.channel, p.tag));
         }
         let end = loop {
