@@ -39,7 +39,6 @@ use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admit, Breaker};
-use super::endpoint::{By, announce};
 use super::slots::Slots;
 use super::window::{RECENT, Window, micros};
 use crate::cluster::RateAnswer;
@@ -311,36 +310,8 @@ impl Gate {
                 .admit(Instant::now());
             match admit {
                 Admit::Go => break false,
-                Admit::Probe => {
-                    let Some(shared) = self.shared_up() else {
-                        break true;
-                    };
-                    // The deployment's one probe: this replica's, or is it another's?
-                    let mut local = ProbeGuard(Some((&*self.breaker, None)));
-                    let answer = shared
-                        .cluster
-                        .take_probe(&shared.profile, shared.probe_lease)
-                        .await;
-                    local.0 = None;
-                    let Some(answer) = answer else {
-                        break true; // the store went away: this replica's own probe
-                    };
-                    let (change, open) = {
-                        let mut b = self.breaker.lock().expect("breaker lock");
-                        (b.taken(answer, Instant::now()), b.is_open())
-                    };
-                    announce(
-                        &shared.profile,
-                        &shared.metrics,
-                        change,
-                        open,
-                        By::AnotherReplica,
-                        "",
-                    );
-                    if answer == crate::cluster::ProbeAnswer::Yours {
-                        break true;
-                    }
-                }
+                Admit::Probe if self.probe_is_ours().await => break true,
+                Admit::Probe => {} // another replica probes: look at the breaker again
                 Admit::Open(left) if may_wait(left) => sleep(left).await?,
                 Admit::Open(left) => return Err(defer(DeferReason::CircuitOpen, left)),
                 Admit::Probing => {

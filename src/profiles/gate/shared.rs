@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Gate;
+use super::{Gate, ProbeGuard};
 use crate::cluster::Cluster;
 use crate::metrics::ProfileMetrics;
 use crate::profiles::breaker::{BreakerState, Change, Health};
@@ -61,6 +61,37 @@ impl Reporting {
 }
 
 impl Gate {
+    /// `open_for` is over: is the deployment's one probe this replica's? Without a cluster,
+    /// or when the store does not answer, it is. When another replica's, the breaker has
+    /// taken that in (and said so) before this returns.
+    pub(super) async fn probe_is_ours(&self) -> bool {
+        let Some(shared) = self.shared_up() else {
+            return true;
+        };
+        let mut local = ProbeGuard(Some((&*self.breaker, None)));
+        let answer = shared
+            .cluster
+            .take_probe(&shared.profile, shared.probe_lease)
+            .await;
+        local.0 = None;
+        let Some(answer) = answer else {
+            return true; // the store went away: this replica's own probe
+        };
+        let (change, open) = {
+            let mut b = self.breaker.lock().expect("breaker lock");
+            (b.taken(answer, Instant::now()), b.is_open())
+        };
+        announce(
+            &shared.profile,
+            &shared.metrics,
+            change,
+            open,
+            By::AnotherReplica,
+            "",
+        );
+        answer == crate::cluster::ProbeAnswer::Yours
+    }
+
     /// Take in the deployment's breaker (from a heartbeat); a change to log and show.
     pub fn adopt(&self, shared: BreakerState) -> (Change, bool) {
         let mut b = self.breaker.lock().expect("breaker lock");
