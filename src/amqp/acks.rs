@@ -21,10 +21,12 @@
 //! mode ([`Acks::transactional`]): a round's acks, single or `multiple`, are followed by one
 //! `tx.commit`, and the broker settles everything the round acked in one command (measured
 //! with a quorum queue: about 104 µs of broker CPU per event acked alone, 65 in transactions,
-//! 25 with `multiple`). On that channel every settled event joins a round; on a channel
-//! without transactions (the ordered partitions', where a waiting key's events are few) an
-//! ack that a batch cannot cover is sent at once by the settling task itself
-//! ([`Acks::settled`] says so). Either way an ack still follows its event's settlement, and
+//! 25 with `multiple`). On that channel every settled event joins a round. The ordered
+//! partitions' channels stay without transactions: a lane given back is nacked event by
+//! event, in its order behind its head, and a transaction would hand the broker those
+//! returns as one batch whose return order is not what the ordered tests check. There an ack
+//! that a batch cannot cover is sent at once by the settling task itself ([`Acks::settled`]
+//! says so). Either way an ack still follows its event's settlement, and
 //! one that is not committed when the channel dies is as if never sent: the broker delivers
 //! the event again.
 //!
