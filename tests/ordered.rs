@@ -1,7 +1,9 @@
 //! Ordered delivery per key (SPEC section 15) on the real broker: the consistent-hash
 //! exchange, partitions with a single active consumer, a failing head holding back only its
-//! key, a dead-lettered head letting its key move on, order kept across a kill -9, and a
-//! quorum queue returning a closed channel's unacknowledged messages in order. The broker
+//! key, a dead-lettered head letting its key move on, order kept across a kill -9 and a
+//! graceful handover, and what the design rests on: a quorum queue returning a closed
+//! channel's unacknowledged messages in order, and handing a single active consumer's place
+//! over at a cancel. The broker
 //! restart is in tests/faults.rs (it stops the broker for every test).
 
 mod common;
@@ -175,6 +177,150 @@ async fn order_per_key_survives_a_kill_9_and_the_other_replica_takes_over() {
         second.metrics().await.deliveries("r", "delivered") > 0.0,
         "the standby took over"
     );
+}
+
+/// A rolling restart: the active replica is stopped (SIGTERM) while a key's head is in
+/// flight and the key's next events wait in its window. The standby must get nothing of the
+/// key before the stopping replica has given those back (see the next test for why it would).
+#[tokio::test]
+async fn a_graceful_handover_keeps_each_key_in_order() {
+    let env = Env::new("ordterm");
+    // K-00 is answered after 3 s: still in flight when the first replica is told to stop.
+    let receiver = Server::start(|_, r| {
+        let slow = r.header("webhook-id").as_deref() == Some("K-00");
+        Reply::status(204).after(if slow { secs(3) } else { ms(0) })
+    })
+    .await;
+    let mut file = ordered_file(
+        &env,
+        1,
+        Retry::attempts(5),
+        Profile::new("g", &receiver.url("/")),
+    );
+    // A window of 4: the first replica holds K-00..K-03, the rest stays on the queue.
+    file.amqp.prefetch = Some(4);
+    env.config(&file);
+    let mut first = Process::spawn(&file, "info");
+    first.wait_ready().await;
+    let second = Process::spawn(&file, "info");
+    second.wait_ready().await;
+    publish_ordered(&env, "g", &ordered_events(&["K"], 20)).await;
+    wait_until(secs(30), "K-00 in flight", || async {
+        receiver.count() >= 1
+    })
+    .await;
+    first.signal("TERM");
+    wait_until(secs(60), "all 20 delivered", || async {
+        first_successes(&receiver).0.get("K").map_or(0, Vec::len) == 20
+    })
+    .await;
+    let (order, all) = first_successes(&receiver);
+    let want: Vec<String> = (0..20).map(|i| format!("K-{i:02}")).collect();
+    assert_eq!(order["K"], want, "K out of order across the handover");
+    assert_eq!(
+        all.iter().filter(|id| *id == "K-00").count(),
+        1,
+        "the head in flight is finished by the replica that stops, not sent again"
+    );
+    assert!(
+        second.metrics().await.deliveries("g", "delivered") > 0.0,
+        "the standby took over"
+    );
+    // It has exited by now (its drain is bounded by delivery.timeout, 5 s).
+    let status = first.child.wait().unwrap();
+    assert!(status.success(), "{status}: {}", first.logs());
+}
+
+/// Why a stopping replica closes its partitions' channels instead of cancelling their
+/// consumers: a quorum queue makes the next single active consumer active as soon as the
+/// active one is cancelled, while the cancelled one still holds its unacknowledged messages;
+/// closing the channel gives them back first.
+#[tokio::test]
+async fn a_cancelled_single_active_consumer_hands_over_while_it_holds_messages() {
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let env = Env::new("qqsac");
+    let queue = env.queue.as_str();
+    let conn = env.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 1..=10 {
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            format!("{i}").as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let consume = |tag: &'static str| {
+        let conn = &conn;
+        async move {
+            let ch = conn.create_channel().await.unwrap();
+            ch.basic_qos(3, BasicQosOptions::default()).await.unwrap();
+            let consumer = ch
+                .basic_consume(
+                    queue.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            (ch, consumer)
+        }
+    };
+    async fn next(consumer: &mut lapin::Consumer) -> u32 {
+        let next = tokio::time::timeout(secs(30), consumer.next());
+        let d = next.await.expect("a message within 30 s").unwrap().unwrap();
+        std::str::from_utf8(&d.data).unwrap().parse().unwrap()
+    }
+    let (active, mut first) = consume("first").await;
+    let (standby, mut second) = consume("second").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next(&mut first).await);
+    }
+    assert_eq!(held, [1, 2, 3]);
+    active
+        .basic_cancel("first".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    // 1..=3 are still held, unacknowledged, by the cancelled consumer; the standby is
+    // active already and is sent what comes after them.
+    assert_eq!(next(&mut second).await, 4);
+    active.close(200, "".into()).await.unwrap();
+    standby.close(200, "".into()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close(200, "".into()).await.unwrap();
 }
 
 /// What the design above rests on, checked rather than assumed: a quorum queue returns the

@@ -71,9 +71,19 @@ impl Feed {
     /// Hand each delivery of `consumer` to its lane until the consumer ends (cancelled at
     /// shutdown, or its channel lost); an idle lane's head starts a task on the tracker.
     /// `acks` batches the acks of the partition's channel (see [`crate::amqp::acks`]).
+    ///
+    /// At shutdown the consumer is not cancelled (see [`crate::worker`]'s drain): what still
+    /// arrives is held here, unacknowledged and untouched, until the channel closes and the
+    /// broker takes it back in its place.
     pub async fn run(self: Arc<Self>, mut consumer: Consumer, acks: Arc<Acks>) {
+        let mut held = Vec::new();
         while let Some(Ok(delivery)) = consumer.next().await {
+            // Open until settled, so that no `multiple` ack ever covers it.
             acks.received(delivery.delivery_tag);
+            if self.dispatcher.shutdown.is_cancelled() {
+                held.push(delivery);
+                continue;
+            }
             let lane = lane_of(&delivery);
             if let Some(head) = self.lanes.arrive(&lane, delivery) {
                 let (me, acks) = (self.clone(), acks.clone());
@@ -95,6 +105,12 @@ impl Feed {
             let end = d.handle_ordered(&settler, delivery, &self.memory).await;
             d.metrics.inflight.dec();
             match end {
+                OrderedEnd::Settled if d.shutdown.is_cancelled() => {
+                    // The rest stays unacknowledged and returns, in its place, when the
+                    // channel closes.
+                    let rest = self.lanes.abandon(&lane);
+                    self.waiting(&lane).sub(rest.len() as i64);
+                }
                 OrderedEnd::Settled => {
                     next = self.lanes.next(&lane);
                     if next.is_some() {
