@@ -467,11 +467,10 @@ async fn run_round(
     };
     delete(&ch, &topology, &delays).await?;
     if load.partitions > 0 {
-        ch.exchange_delete(
-            topology.ordered_exchange().as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await?;
+        for exchange in [topology.ordered_exchange(), topology.park_exchange()] {
+            ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
     }
     if load.receipts {
         let receipts = format!("{queue}.receipts");

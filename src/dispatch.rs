@@ -28,7 +28,7 @@ use crate::decide::{
 };
 use crate::event::{self, Event};
 use crate::metrics::{Metrics, NO_PROFILE};
-use crate::ordered::{Attempts, ORDERED_MAX_WAIT, OrderedEnd};
+use crate::ordered::{Attempts, InPlace, ORDERED_MAX_WAIT, OrderedEnd, Parking, wait_in_place};
 use crate::profiles::gate::{MAX_WAIT, Refusal};
 use crate::profiles::{Endpoint, Registry, Snapshot, Window};
 use crate::receipts::Receipt;
@@ -63,20 +63,24 @@ impl Dispatcher {
     /// `Settled` once it was delivered or dead-lettered; `Left` when shutdown (or a lost
     /// channel) left it to the broker, which returns it, in its place, to whoever consumes
     /// the partition next.
+    /// With `parking`, a waiting event whose lane holds more than its share of the window
+    /// ends as `Park`, unsettled, to be parked with its lane ([`crate::ordered::park`]).
     pub async fn handle_ordered(
         &self,
         settler: &Settler<'_>,
         delivery: Delivery,
         memory: &Attempts,
+        parking: Option<&Parking<'_>>,
     ) -> OrderedEnd {
-        self.process(settler, delivery, Some(memory)).await
+        self.process(settler, delivery, Some((memory, parking)))
+            .await
     }
 
     async fn process(
         &self,
         settler: &Settler<'_>,
         mut delivery: Delivery,
-        ordered: Option<&Attempts>,
+        ordered: Option<(&Attempts, Option<&Parking<'_>>)>,
     ) -> OrderedEnd {
         let started = Instant::now();
         self.metrics.events_consumed.inc();
@@ -127,8 +131,14 @@ impl Dispatcher {
                     age: Duration::ZERO,
                 },
             };
-            if let Some(memory) = ordered {
+            if let Some((memory, _)) = ordered {
                 facts.attempts_before = facts.attempts_before.max(memory.get(event_id));
+                // A head parked in the middle of its wait waits out the rest first.
+                if let Some(until) = memory.until(event_id)
+                    && let InPlace::Shutdown = wait_in_place(until, None, &self.shutdown).await
+                {
+                    return OrderedEnd::Left;
+                }
             }
             let settlement = loop {
                 let hold = endpoint.map(|e| e.gate.hold(&self.window));
@@ -148,7 +158,7 @@ impl Dispatcher {
                     &snapshot.delays_ms,
                     rand::random::<f64>(),
                 );
-                let Some(memory) = ordered else {
+                let Some((memory, parking)) = ordered else {
                     break settlement;
                 };
                 // An ordered event's retry or deferral waits here.
@@ -169,10 +179,15 @@ impl Dispatcher {
                     }
                     _ => break settlement,
                 };
-                let wait = Duration::from_millis(wait).min(ORDERED_MAX_WAIT);
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = self.shutdown.cancelled() => return OrderedEnd::Left,
+                let until = Instant::now() + Duration::from_millis(wait).min(ORDERED_MAX_WAIT);
+                match wait_in_place(until, parking, &self.shutdown).await {
+                    InPlace::Waited => {}
+                    InPlace::Shutdown => return OrderedEnd::Left,
+                    InPlace::Park => {
+                        memory.hold_until(event_id, until);
+                        delivery.data = body.to_vec();
+                        return OrderedEnd::Park(Box::new(delivery));
+                    }
                 }
                 facts.age = read.as_ref().map_or(Duration::ZERO, |e| e.age(SystemTime::now()));
             };
@@ -192,7 +207,7 @@ impl Dispatcher {
                 Ok(()) => {
                     self.count(endpoint, &settlement);
                     log_settled(&settlement, started.elapsed());
-                    if let Some(memory) = ordered {
+                    if let Some((memory, _)) = ordered {
                         memory.forget(event_id);
                     }
                     OrderedEnd::Settled

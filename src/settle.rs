@@ -189,7 +189,7 @@ pub struct Settler<'a> {
 
 impl Settler<'_> {
     /// With the next batch, or at once on its own when no batch can cover it.
-    async fn ack(&self, delivery: &Delivery) -> Result<(), lapin::Error> {
+    pub async fn ack(&self, delivery: &Delivery) -> Result<(), lapin::Error> {
         if !self.acks.settled(delivery.delivery_tag, &delivery.acker) {
             let sent = delivery.ack(BasicAckOptions::default()).await;
             // Sent, or failed with its channel: either way a later `multiple` covering it

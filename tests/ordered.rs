@@ -233,10 +233,23 @@ async fn a_graceful_handover_keeps_each_key_in_order() {
 
 /// Why a stopping replica closes its partitions' channels instead of cancelling their
 /// consumers: a quorum queue makes the next single active consumer active as soon as the
-/// active one is cancelled, while the cancelled one still holds its unacknowledged messages;
-/// closing the channel gives them back first.
+/// active one is cancelled, while the cancelled one still holds its unacknowledged messages
+/// (the next one is sent what comes after them); a closed channel gives them back first.
 #[tokio::test]
-async fn a_cancelled_single_active_consumer_hands_over_while_it_holds_messages() {
+async fn a_single_active_consumer_hands_over_at_a_cancel_before_its_messages_come_back() {
+    // 1..=3 held by the active consumer when it goes: what the standby is sent first.
+    assert_eq!(handover("qqsaccancel", Going::Cancelled).await, [4, 5, 6]);
+    assert_eq!(handover("qqsacclose", Going::Closed).await, [1, 2, 3]);
+}
+
+enum Going {
+    Cancelled,
+    Closed,
+}
+
+/// Ten messages on a quorum queue with a single active consumer; the active one (prefetch
+/// 3) takes 1..=3 and goes, unacknowledged; the first three the standby is sent.
+async fn handover(tag: &str, going: Going) -> Vec<u32> {
     use futures_util::StreamExt;
     use lapin::options::{
         BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -244,7 +257,7 @@ async fn a_cancelled_single_active_consumer_hands_over_while_it_holds_messages()
     };
     use lapin::types::{AMQPValue, FieldTable};
 
-    let env = Env::new("qqsac");
+    let env = Env::new(tag);
     let queue = env.queue.as_str();
     let conn = env.connect().await;
     let ch = conn.create_channel().await.unwrap();
@@ -307,20 +320,25 @@ async fn a_cancelled_single_active_consumer_hands_over_while_it_holds_messages()
         held.push(next(&mut first).await);
     }
     assert_eq!(held, [1, 2, 3]);
-    active
-        .basic_cancel("first".into(), BasicCancelOptions::default())
-        .await
-        .unwrap();
-    // 1..=3 are still held, unacknowledged, by the cancelled consumer; the standby is
-    // active already and is sent what comes after them.
-    assert_eq!(next(&mut second).await, 4);
-    active.close(200, "".into()).await.unwrap();
+    match going {
+        Going::Cancelled => active
+            .basic_cancel("first".into(), BasicCancelOptions::default())
+            .await
+            .unwrap(),
+        Going::Closed => active.close(200, "".into()).await.unwrap(),
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut second).await);
+    }
+    let _ = active.close(200, "".into()).await;
     standby.close(200, "".into()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.queue_delete(queue.into(), QueueDeleteOptions::default())
         .await
         .unwrap();
     conn.close(200, "".into()).await.unwrap();
+    got
 }
 
 /// What the design above rests on, checked rather than assumed: a quorum queue returns the

@@ -123,6 +123,16 @@ impl Acks {
         }
     }
 
+    /// Acks that are never batched: each settling task sends its own, alone. For a channel
+    /// whose deliveries come from several consumers read by different tasks (park queues,
+    /// see [`crate::ordered::park`]), where a tag may be registered after a higher one is
+    /// settled, so that no `multiple` could be safe.
+    pub fn singles() -> Acks {
+        let acks = Acks::default();
+        acks.state.lock().expect("acks lock").stopped = true;
+        acks
+    }
+
     /// After an ack or nack sent outside a round: commit it (transaction mode only).
     pub async fn commit(&self) -> Result<(), lapin::Error> {
         match &self.tx {

@@ -99,6 +99,12 @@ impl Topology {
         format!("{}.ordered", self.exchange)
     }
 
+    /// The direct exchange every park queue is bound to with its partition's number
+    /// (see [`crate::ordered::park`]).
+    pub fn park_exchange(&self) -> String {
+        format!("{}.ordered.parked", self.exchange)
+    }
+
     /// Partition `i`'s queue.
     pub fn partition_queue(&self, i: u16) -> String {
         format!("{}.ordered.{i}", self.queue)
@@ -168,7 +174,7 @@ impl Topology {
 
     /// With `amqp.partitions`: the consistent-hash exchange hashing the `ordering_key`
     /// header and one quorum queue per partition with a single active consumer, bound with
-    /// equal weight (SPEC section 15).
+    /// equal weight (SPEC section 15); and the exchange of the park queues.
     pub async fn declare_ordered(&self, channel: &Channel) -> Result<(), TopologyError> {
         if self.partitions == 0 {
             return Ok(());
@@ -196,6 +202,19 @@ impl Topology {
                 }
                 _ => wrap("exchange", &exchange)(e),
             })?;
+        let parked = self.park_exchange();
+        channel
+            .exchange_declare(
+                parked.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(wrap("exchange", &parked))?;
         for i in 0..self.partitions {
             let queue = self.partition_queue(i);
             channel

@@ -29,15 +29,21 @@
 //!   partition wait too until the head settles. More partitions make that rarer; see
 //!   docs/events.md.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
+use tokio_util::sync::CancellationToken;
 
 use crate::amqp::headers;
 
+pub mod lanes;
+pub mod park;
+mod parked;
 pub mod partition;
+
+pub use lanes::Lanes;
 
 /// The longest an ordered event waits between two attempts (or for its turn at a deferral).
 pub const ORDERED_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
@@ -46,18 +52,75 @@ pub const ORDERED_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 const REMEMBERED: usize = 100_000;
 
 /// How an ordered event's processing ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum OrderedEnd {
     /// Delivered or dead-lettered, and acked: its lane goes on.
     Settled,
     /// Left unacknowledged (shutdown, a lost channel, a refused settlement): the broker
     /// returns it and everything behind it; its lane stops here.
     Left,
+    /// It was waiting, and its lane holds more than its share of the window: the event,
+    /// unsettled and unacknowledged, to be parked with its lane ([`park`]).
+    Park(Box<Delivery>),
 }
 
-/// Attempts made on ordered events not yet settled, by event id.
+/// What an ordered head's wait needs to know to give its lane up for parking.
+pub struct Parking<'a> {
+    pub window: &'a park::Window,
+    pub lanes: &'a Lanes,
+    pub lane: &'a LaneKey,
+}
+
+impl Parking<'_> {
+    /// The lane, its head included, holds more than its share of the window.
+    pub fn due(&self) -> bool {
+        self.window.over(1 + self.lanes.queued(self.lane))
+    }
+}
+
+/// How a wait in place ended.
+pub enum InPlace {
+    Waited,
+    Shutdown,
+    /// Its lane is due for parking ([`Parking::due`]).
+    Park,
+}
+
+/// How often a waiting head checks whether its lane is due for parking.
+const PARK_CHECK: Duration = Duration::from_millis(250);
+
+/// Wait until `until` in place; with `parking`, give up as soon as the lane is due for
+/// parking, the head counted as waiting in its partition's window meanwhile.
+pub async fn wait_in_place(
+    until: Instant,
+    parking: Option<&Parking<'_>>,
+    shutdown: &CancellationToken,
+) -> InPlace {
+    let _waiting = parking.map(|p| p.window.wait());
+    loop {
+        if parking.is_some_and(Parking::due) {
+            return InPlace::Park;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return InPlace::Waited;
+        }
+        let step = if parking.is_some() {
+            left.min(PARK_CHECK)
+        } else {
+            left
+        };
+        tokio::select! {
+            () = tokio::time::sleep(step) => {}
+            () = shutdown.cancelled() => return InPlace::Shutdown,
+        }
+    }
+}
+
+/// Attempts made on ordered events not yet settled, by event id, and until when a parked
+/// head still waits for its back-off.
 #[derive(Debug, Default)]
-pub struct Attempts(Mutex<HashMap<String, u32>>);
+pub struct Attempts(Mutex<HashMap<String, (u32, Option<Instant>)>>);
 
 impl Attempts {
     pub fn get(&self, id: &str) -> u32 {
@@ -65,8 +128,7 @@ impl Attempts {
             .lock()
             .expect("attempts lock")
             .get(id)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |e| e.0)
     }
 
     pub fn set(&self, id: &str, attempts: u32) {
@@ -74,7 +136,19 @@ impl Attempts {
         if m.len() >= REMEMBERED && !m.contains_key(id) {
             m.clear();
         }
-        m.insert(id.to_owned(), attempts);
+        m.insert(id.to_owned(), (attempts, None));
+    }
+
+    /// A head parked in the middle of a wait: the rest of the wait, for when it comes back.
+    pub fn hold_until(&self, id: &str, until: Instant) {
+        let mut m = self.0.lock().expect("attempts lock");
+        m.entry(id.to_owned()).or_default().1 = Some(until);
+    }
+
+    /// Until when the event still waits (once: it is forgotten here).
+    pub fn until(&self, id: &str) -> Option<Instant> {
+        let mut m = self.0.lock().expect("attempts lock");
+        m.get_mut(id).and_then(|e| e.1.take())
     }
 
     pub fn forget(&self, id: &str) {
@@ -95,68 +169,6 @@ pub fn lane_of(delivery: &Delivery) -> LaneKey {
     )
 }
 
-/// The lanes of the partitions one session consumes: whose head is being processed, and
-/// the events (`T`: deliveries) waiting behind it.
-#[derive(Debug)]
-pub struct Lanes<T = Delivery>(Mutex<HashMap<LaneKey, VecDeque<T>>>);
-
-impl<T> Default for Lanes<T> {
-    fn default() -> Self {
-        Self(Mutex::new(HashMap::new()))
-    }
-}
-
-impl<T> Lanes<T> {
-    /// Take `delivery` into its lane: `Some` when the lane was idle (the caller processes
-    /// it now), `None` when it waits behind the lane's head.
-    pub fn arrive(&self, lane: &LaneKey, delivery: T) -> Option<T> {
-        let mut lanes = self.0.lock().expect("lanes lock");
-        match lanes.get_mut(lane) {
-            Some(waiting) => {
-                waiting.push_back(delivery);
-                None
-            }
-            None => {
-                lanes.insert(lane.clone(), VecDeque::new());
-                Some(delivery)
-            }
-        }
-    }
-
-    /// The lane's head was settled: its next event, or `None` (the lane is idle again).
-    pub fn next(&self, lane: &LaneKey) -> Option<T> {
-        let mut lanes = self.0.lock().expect("lanes lock");
-        let waiting = lanes.get_mut(lane)?;
-        match waiting.pop_front() {
-            Some(d) => Some(d),
-            None => {
-                lanes.remove(lane);
-                None
-            }
-        }
-    }
-
-    /// The lane stopped with its head unsettled: what waited behind it, in order, to go
-    /// back to the broker after the head.
-    pub fn abandon(&self, lane: &LaneKey) -> VecDeque<T> {
-        self.0
-            .lock()
-            .expect("lanes lock")
-            .remove(lane)
-            .unwrap_or_default()
-    }
-
-    /// Events waiting behind a head, in all lanes.
-    pub fn waiting(&self) -> usize {
-        self.0
-            .lock()
-            .expect("lanes lock")
-            .values()
-            .map(VecDeque::len)
-            .sum()
-    }
-}
-
 /// The prefetch of each partition's channel: `prefetch / partitions`, rounded up.
 pub fn partition_prefetch(prefetch: u16, partitions: u16) -> u16 {
     prefetch.div_ceil(partitions.max(1)).max(1)
@@ -172,32 +184,6 @@ mod tests {
         assert_eq!(partition_prefetch(256, 3), 86);
         assert_eq!(partition_prefetch(4, 8), 1);
         assert_eq!(partition_prefetch(1, 0), 1);
-    }
-
-    #[test]
-    fn a_lane_processes_its_head_and_keeps_the_rest_in_order() {
-        let lanes = Lanes::default();
-        let (a, b) = (
-            ("p".to_owned(), "A".to_owned()),
-            ("p".to_owned(), "B".to_owned()),
-        );
-        // (lane, event) arriving -> processed now?
-        assert_eq!(lanes.arrive(&a, 1), Some(1));
-        assert_eq!(lanes.arrive(&a, 2), None);
-        assert_eq!(lanes.arrive(&b, 10), Some(10), "another key goes on");
-        assert_eq!(lanes.arrive(&a, 3), None);
-        assert_eq!(lanes.waiting(), 2);
-        assert_eq!(lanes.next(&a), Some(2));
-        assert_eq!(lanes.next(&b), None, "B is idle again");
-        assert_eq!(lanes.arrive(&b, 11), Some(11));
-        assert_eq!(lanes.arrive(&a, 4), None);
-        assert_eq!(lanes.abandon(&a), VecDeque::from([3, 4]));
-        assert_eq!(
-            lanes.arrive(&a, 3),
-            Some(3),
-            "an abandoned lane starts again"
-        );
-        assert_eq!(lanes.waiting(), 0);
     }
 
     #[test]

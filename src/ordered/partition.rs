@@ -1,25 +1,40 @@
 //! Consuming the partitions: one channel per partition queue, with its share of the
-//! prefetch window, whose deliveries go to their lanes ([`super::Lanes`]).
+//! prefetch window, whose deliveries go to their lanes ([`super::Lanes`]); a lane that holds
+//! more than its share while its head waits is parked ([`super::park`], the tasks in
+//! `parked.rs`).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use prometheus::IntGauge;
 use tokio_util::task::TaskTracker;
 
-use super::{Attempts, LaneKey, Lanes, OrderedEnd, lane_of, partition_prefetch};
+use super::lanes::{Arrival, Lease};
+use super::park::{self, Window};
+use super::parked::Asked;
+use super::{Attempts, LaneKey, Lanes, OrderedEnd, Parking, lane_of, partition_prefetch};
 use crate::amqp::{Acks, Topology};
 use crate::dispatch::Dispatcher;
 use crate::settle::Outlet;
 
-/// A partition being consumed: its channel (cancelled and closed at shutdown) and tag.
+/// Known lanes beyond this many are forgotten (and asked about again).
+const KNOWN: usize = 100_000;
+
+/// A partition being consumed: its number, channel (closed at shutdown), tag and prefetch,
+/// and the channel its park queues are read on (one event at a time).
 pub struct Partition {
+    pub index: u16,
     pub channel: Channel,
     pub tag: String,
     pub consumer: Consumer,
+    pub prefetch: u16,
+    pub park_channel: Channel,
 }
 
 /// Open a channel per partition on `conn` and consume each queue. With the queues' single
@@ -32,13 +47,11 @@ pub async fn open(
     tag: &str,
 ) -> Result<Vec<Partition>, lapin::Error> {
     let mut out = Vec::with_capacity(usize::from(topology.partitions));
+    let prefetch = partition_prefetch(prefetch, topology.partitions);
     for i in 0..topology.partitions {
         let channel = conn.create_channel().await?;
         channel
-            .basic_qos(
-                partition_prefetch(prefetch, topology.partitions),
-                BasicQosOptions::default(),
-            )
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         let tag = format!("{tag}-p{i}");
         let consumer = channel
@@ -49,13 +62,69 @@ pub async fn open(
                 FieldTable::default(),
             )
             .await?;
+        let park_channel = conn.create_channel().await?;
+        park_channel
+            .basic_qos(1, BasicQosOptions::default())
+            .await?;
         out.push(Partition {
+            index: i,
             channel,
             tag,
             consumer,
+            prefetch,
+            park_channel,
         });
     }
     Ok(out)
+}
+
+/// One partition as this session consumes it.
+pub struct Part {
+    pub index: u16,
+    pub channel: Channel,
+    /// The channel's acks (see [`crate::amqp::acks`]).
+    pub acks: Arc<Acks>,
+    pub window: Window,
+    /// Where park queues are declared, read and deleted, with its acks (never batched).
+    pub park_channel: Channel,
+    pub park_acks: Acks,
+    /// Whether the partition may have parked keys: asked at its first delivery.
+    parked_somewhere: AtomicBool,
+    /// Lanes known not to be parked: asked about, or unparked, in this session.
+    known: Mutex<HashSet<LaneKey>>,
+}
+
+impl Part {
+    pub fn new(p: &Partition, acks: Arc<Acks>) -> Self {
+        Part {
+            index: p.index,
+            channel: p.channel.clone(),
+            acks,
+            window: Window::new(p.prefetch),
+            park_channel: p.park_channel.clone(),
+            park_acks: Acks::singles(),
+            parked_somewhere: AtomicBool::new(true),
+            known: Mutex::default(),
+        }
+    }
+
+    /// Whether `lane`'s park queue must be asked about before its events are processed.
+    pub(super) fn must_ask(&self, lane: &LaneKey) -> bool {
+        self.parked_somewhere.load(Ordering::Relaxed)
+            && !self.known.lock().expect("known lock").contains(lane)
+    }
+
+    /// `lane` is not parked, and only this session could park it now.
+    pub(super) fn know(&self, lane: &LaneKey) {
+        if !self.parked_somewhere.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut known = self.known.lock().expect("known lock");
+        if known.len() >= KNOWN {
+            known.clear();
+        }
+        known.insert(lane.clone());
+    }
 }
 
 /// Everything a partition's lanes need.
@@ -68,41 +137,108 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// Hand each delivery of `consumer` to its lane until the consumer ends (cancelled at
-    /// shutdown, or its channel lost); an idle lane's head starts a task on the tracker.
-    /// `acks` batches the acks of the partition's channel (see [`crate::amqp::acks`]).
+    /// Hand each delivery of `consumer` to its lane until the consumer ends (its channel
+    /// closed at shutdown, or lost); an idle lane's head starts a task on the tracker.
     ///
     /// At shutdown the consumer is not cancelled (see [`crate::worker`]'s drain): what still
     /// arrives is held here, unacknowledged and untouched, until the channel closes and the
     /// broker takes it back in its place.
-    pub async fn run(self: Arc<Self>, mut consumer: Consumer, acks: Arc<Acks>) {
+    pub async fn run(self: Arc<Self>, part: Arc<Part>, mut consumer: Consumer) {
         let mut held = Vec::new();
+        let mut asked = false;
         while let Some(Ok(delivery)) = consumer.next().await {
             // Open until settled, so that no `multiple` ack ever covers it.
-            acks.received(delivery.delivery_tag);
+            part.acks.received(delivery.delivery_tag);
             if self.dispatcher.shutdown.is_cancelled() {
                 held.push(delivery);
                 continue;
             }
+            if !asked {
+                // This session consumes the partition now: does it have parked keys? An
+                // error counts as yes (each key is then asked about).
+                asked = true;
+                let out = &self.out;
+                let any = park::any_parked(&out.publisher, &out.topology, part.index).await;
+                if let Err(e) = &any {
+                    tracing::warn!(partition = part.index, error = %e, "could not ask for parked keys; asking key by key");
+                }
+                part.parked_somewhere
+                    .store(any.unwrap_or(true), Ordering::Relaxed);
+            }
             let lane = lane_of(&delivery);
-            if let Some(head) = self.lanes.arrive(&lane, delivery) {
-                let (me, acks) = (self.clone(), acks.clone());
-                self.tracker
-                    .spawn(async move { me.lane(lane, head, &acks).await });
-            } else {
-                self.waiting(&lane).inc();
+            if park::is_marked(&delivery.properties, park::LEASE) {
+                match self.lanes.lease(&lane, delivery) {
+                    Lease::Held => {}
+                    Lease::Stale(lease) => self.ack(&part, &lease).await,
+                    Lease::Adopted => {
+                        // Declared before anything of the key can be moved to it.
+                        let out = &self.out;
+                        let queue = park::queue(&out.topology, part.index, &lane);
+                        match park::declare(&part.park_channel, &out.topology, part.index, &queue)
+                            .await
+                        {
+                            Ok(()) => {
+                                let (me, part) = (self.clone(), part.clone());
+                                self.tracker.spawn(me.drain(part, lane));
+                            }
+                            Err(e) => {
+                                tracing::error!(queue, error = %e, "could not declare a park queue to drain it; the key's events wait for the next session")
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            match self.lanes.arrive(&lane, delivery) {
+                Arrival::Process(head) => self.spawn_lane(&part, lane, head),
+                Arrival::Move(first) => {
+                    let (me, part) = (self.clone(), part.clone());
+                    self.tracker.spawn(me.mover(part, lane, first));
+                }
+                Arrival::Queued => self.waiting(&lane).inc(),
             }
         }
     }
 
-    /// Process a lane's events one after the other, each once the one before is settled.
-    async fn lane(&self, lane: LaneKey, head: lapin::message::Delivery, acks: &Acks) {
+    pub(super) fn spawn_lane(self: &Arc<Self>, part: &Arc<Part>, lane: LaneKey, head: Delivery) {
+        let (me, part) = (self.clone(), part.clone());
+        self.tracker.spawn(me.lane(part, lane, head));
+    }
+
+    /// Process a lane's events one after the other, each once the one before is settled;
+    /// park the lane when its waiting head holds more than its share of the window.
+    async fn lane(self: Arc<Self>, part: Arc<Part>, lane: LaneKey, head: Delivery) {
         let d = &self.dispatcher;
         let mut next = Some(head);
         while let Some(delivery) = next.take() {
+            if part.must_ask(&lane) {
+                // The key's first event in this session, in a partition with parked keys.
+                match self.ask(&part, &lane, delivery).await {
+                    Asked::Direct(delivery) => {
+                        part.know(&lane);
+                        next = Some(*delivery);
+                        continue;
+                    }
+                    Asked::Parked => return self.park(part, lane, None).await,
+                    Asked::Failed => {
+                        // Nothing of the key may go before the answer: it all stays
+                        // unacknowledged until the channel closes.
+                        let rest = self.lanes.abandon(&lane);
+                        self.waiting(&lane).sub(rest.len() as i64);
+                        return;
+                    }
+                }
+            }
             d.metrics.inflight.inc();
-            let settler = self.out.settler(&d.settle_backoff, &d.shutdown, acks);
-            let end = d.handle_ordered(&settler, delivery, &self.memory).await;
+            let settler = self.out.settler(&d.settle_backoff, &d.shutdown, &part.acks);
+            let parking = Parking {
+                window: &part.window,
+                lanes: &self.lanes,
+                lane: &lane,
+            };
+            let end = d
+                .handle_ordered(&settler, delivery, &self.memory, Some(&parking))
+                .await;
             d.metrics.inflight.dec();
             match end {
                 OrderedEnd::Settled if d.shutdown.is_cancelled() => {
@@ -117,6 +253,7 @@ impl Feed {
                         self.waiting(&lane).dec();
                     }
                 }
+                OrderedEnd::Park(head) => return self.park(part, lane, Some(*head)).await,
                 OrderedEnd::Left => {
                     // Behind an unsettled head: back to the broker in order, after it. A
                     // refused settlement has nacked the head already, so nacks keep the order.
@@ -136,7 +273,7 @@ impl Feed {
                             })
                             .await;
                         if sent.is_ok() {
-                            acks.released(d.delivery_tag);
+                            part.acks.released(d.delivery_tag);
                         }
                     }
                 }
@@ -145,7 +282,7 @@ impl Feed {
     }
 
     /// `ordered_waiting{profile}` of the lane's profile (`(none)` for one not configured).
-    fn waiting(&self, lane: &LaneKey) -> IntGauge {
+    pub(super) fn waiting(&self, lane: &LaneKey) -> IntGauge {
         let d = &self.dispatcher;
         match d.registry.load().endpoint(&lane.0) {
             Some(ep) => ep.metrics.ordered_waiting().clone(),

@@ -27,8 +27,8 @@ pub(super) struct Consuming<'a> {
     pub channel: &'a Channel,
     pub publisher: &'a Channel,
     pub tag: &'a str,
-    /// Each partition's channel and consumer tag (SPEC section 15).
-    pub ordered: &'a [(Channel, String)],
+    /// Each partition's channels (SPEC section 15): its park channel, then its own.
+    pub ordered: &'a [Channel],
     /// Stops the channels' ack batchers, which then send what they hold.
     pub acks: (&'a CancellationToken, Vec<Batcher>),
 }
@@ -86,7 +86,7 @@ impl Supervisor {
             tokio::time::sleep_until((last + ACK_GRACE).into()).await;
         }
         bounded("closing the channel", channel.close(200, "shutdown".into())).await;
-        for (ch, _) in ordered {
+        for ch in ordered {
             bounded(
                 "closing a partition's channel",
                 ch.close(200, "shutdown".into()),

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::drain::Consuming;
 use super::{BROKER_LIMIT, End, Inflight, SessionError, Supervisor, bounded};
 use crate::amqp::{Acks, Topology};
-use crate::ordered::partition::{self, Feed};
+use crate::ordered::partition::{self, Feed, Part};
 use crate::settle::Outlet;
 
 impl Supervisor {
@@ -109,8 +109,12 @@ impl Supervisor {
         let acks = batcher(Acks::transactional(channel.clone()));
         let mut ordered = Vec::with_capacity(partitions.len());
         for p in partitions {
-            tokio::spawn(feed.clone().run(p.consumer, batcher(Acks::default())));
-            ordered.push((p.channel, p.tag));
+            let part = Arc::new(Part::new(&p, batcher(Acks::default())));
+            tokio::spawn(feed.clone().run(part, p.consumer));
+            // The park channel first: nothing depends on the order (a park queue has a
+            // single active consumer too), but its events are the older ones of their keys.
+            ordered.push(p.park_channel);
+            ordered.push(p.channel);
         }
         let end = loop {
             let next = tokio::select! {
@@ -166,7 +170,7 @@ impl Supervisor {
             // channels close, and their unsettled events go back to the queue in their
             // places. Deliveries still in flight settle; an ack the batcher can no longer
             // send goes out from its task (see `Acks::settled`) or fails with its channel.
-            for (ch, _) in &ordered {
+            for ch in &ordered {
                 bounded(
                     "closing a partition's channel",
                     ch.close(200, "session lost".into()),

@@ -221,12 +221,14 @@ impl Env {
                     )
                     .await;
                 if topology.partitions > 0 {
-                    let _ = ch
-                        .exchange_delete(
-                            topology.ordered_exchange().as_str().into(),
-                            ExchangeDeleteOptions::default(),
-                        )
-                        .await;
+                    for exchange in [topology.ordered_exchange(), topology.park_exchange()] {
+                        let _ = ch
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                    }
                 }
                 let _ = conn.close(200, "".into()).await;
             });

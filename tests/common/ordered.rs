@@ -80,3 +80,30 @@ pub fn ordered_file(env: &Env, partitions: u32, retry: Retry, profile: Profile) 
     file.amqp.partitions = Some(partitions);
     file
 }
+
+/// Whether `key`'s park queue (profile `profile`, partition `i`) exists, from a passive
+/// declare on a channel of its own.
+pub async fn park_queue_exists(env: &Env, i: u16, profile: &str, key: &str) -> bool {
+    let topology = callback_dispatcher::amqp::Topology {
+        exchange: env.queue.clone(),
+        queue: env.queue.clone(),
+        dead_queue: format!("{}.dead", env.queue),
+        partitions: i + 1,
+    };
+    let queue =
+        callback_dispatcher::ordered::park::queue(&topology, i, &(profile.into(), key.into()));
+    let conn = env.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let declared = ch
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    declared.is_ok()
+}
