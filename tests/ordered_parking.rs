@@ -102,6 +102,14 @@ async fn a_waiting_key_is_parked_and_the_other_keys_go_on() {
     assert_eq!(requests.len(), 70 + 3);
     assert_eq!(m.deliveries("o", "delivered"), 70.0);
     assert_eq!(
+        m.value(
+            "callback_dispatcher_ordered_parked_total",
+            &[("profile", "o")]
+        ),
+        1.0,
+        "A, once"
+    );
+    assert_eq!(
         m.value("callback_dispatcher_ordered_waiting", &[("profile", "o")]),
         0.0
     );

@@ -17,17 +17,23 @@
 //!   timeout (30 minutes by default). The attempts made are remembered by event id in
 //!   [`Attempts`], in the process, so `max_attempts` holds even when a closed channel
 //!   returns the event; `max_age` holds through the event's timestamp.
-//! - Nothing of a key is ever taken off its queue before its turn, so no crash can reorder
-//!   it: after a kill -9, a lost connection, a broker restart or a failover, the broker
-//!   returns the unacknowledged events to the partition's queue in their places and the next
-//!   active consumer starts again from the oldest. A callback may be repeated (same
-//!   `webhook-id`), but no event's first 2xx can precede that of an earlier event of its key.
-//! - The memory bound: each partition's channel has a prefetch of `amqp.prefetch / N`
-//!   (rounded up), so ordered events add at most about one `amqp.prefetch` of events in
-//!   memory. The limit of this design: a key whose head keeps failing holds its later events
-//!   in that window; when they fill a partition's whole window, the other keys of that
-//!   partition wait too until the head settles. More partitions make that rarer; see
-//!   docs/events.md.
+//! - Nothing of a key leaves its partition before its turn except to its own park queue
+//!   (next point), so no crash can reorder it: after a kill -9, a lost connection, a broker
+//!   restart or a failover, the broker returns the unacknowledged events to the partition's
+//!   queue in their places and the next active consumer starts again from the oldest. A
+//!   callback may be repeated (same `webhook-id`), but no event's first 2xx can precede
+//!   that of an earlier event of its key.
+//! - The memory bound and fairness: each partition's channel has a prefetch of
+//!   `amqp.prefetch / N` (rounded up), so ordered events add at most about one
+//!   `amqp.prefetch` of events in memory. A key whose head waits (back-off, deferral) holds
+//!   at most its share of that window (`window / (waiting heads + 1)`, see
+//!   [`park::share`]); beyond it the lane, head included, is parked in a queue of its own
+//!   and read back one event at a time ([`park`] says how, and why that survives crashes),
+//!   so the partition's other keys always keep a share of the window.
+//! - Stopping hands a partition over by closing its channel, never by cancelling its
+//!   consumer: on a cancel a quorum queue activates the next single active consumer (another
+//!   replica) at once, while the cancelled one still holds its unacknowledged events, and
+//!   the next one would be sent a key's later events first (tested in tests/ordered.rs).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

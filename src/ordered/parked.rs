@@ -77,6 +77,11 @@ impl Feed {
                 return;
             }
             tracing::info!(partition = part.index, profile = %lane.0, queue = %queue, "a waiting key holds more than its share of the window: parked");
+            self.dispatcher
+                .metrics
+                .ordered_parked
+                .with_label_values(&[self.parked_label(&lane)])
+                .inc();
         }
         let rest = self.lanes.park(&lane);
         self.waiting(&lane).sub(rest.len() as i64);
@@ -228,6 +233,14 @@ impl Feed {
         if let Some(head) = next {
             self.waiting(&lane).dec();
             self.spawn_lane(part, lane, head);
+        }
+    }
+
+    /// The `profile` label of a lane: its profile when configured, `(none)` otherwise.
+    fn parked_label<'a>(&self, lane: &'a LaneKey) -> &'a str {
+        match self.dispatcher.registry.load().endpoint(&lane.0) {
+            Some(_) => &lane.0,
+            None => crate::metrics::NO_PROFILE,
         }
     }
 
