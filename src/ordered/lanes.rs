@@ -60,8 +60,8 @@ pub enum Lease<T> {
     Held,
     /// The lane was idle: it is parked now, with the lease held; the caller drains it.
     Adopted,
-    /// The lane is being processed here, not parked: the lease is stale (its park queue was
-    /// emptied and deleted); ack it.
+    /// The lane is known not to be parked: the lease is stale (its park queue was emptied
+    /// and deleted); ack it.
     Stale(T),
 }
 
@@ -162,22 +162,40 @@ impl<T> Lanes<T> {
         self.lock().get(lane).map_or(0, |l| l.moves)
     }
 
-    /// A lease of `lane` arrived.
-    pub fn lease(&self, lane: &LaneKey, lease: T) -> Lease<T> {
+    /// A lease of `lane` arrived; `known`: the lane is known not to be parked (asked about,
+    /// or unparked, in this session).
+    pub fn lease(&self, lane: &LaneKey, lease: T, known: bool) -> Lease<T> {
         let mut lanes = self.lock();
         match lanes.get_mut(lane) {
+            None if known => Lease::Stale(lease),
             None => {
                 let mut l = Lane::new(Mode::Parked);
                 l.leases.push(lease);
                 lanes.insert(lane.clone(), l);
                 Lease::Adopted
             }
-            Some(l) if l.mode == Mode::Direct => Lease::Stale(lease),
+            Some(l) if l.mode == Mode::Direct && known => Lease::Stale(lease),
             Some(l) => {
                 l.leases.push(lease);
                 Lease::Held
             }
         }
+    }
+
+    /// The leases a direct lane held while it was asked about: stale, since it is not parked.
+    pub fn take_leases(&self, lane: &LaneKey) -> Vec<T> {
+        self.lock()
+            .get_mut(lane)
+            .map(|l| std::mem::take(&mut l.leases))
+            .unwrap_or_default()
+    }
+
+    /// Every lane, emptied, with how many events waited in it (the session ended).
+    pub fn clear(&self) -> Vec<(LaneKey, usize)> {
+        self.lock()
+            .drain()
+            .map(|(k, l)| (k, l.waiting.len()))
+            .collect()
     }
 
     /// The park queue's consumer has had everything moved to it up to `moves` events: `true`
@@ -274,7 +292,7 @@ mod tests {
             Arrival::Move(5),
             "nobody moves: the caller does"
         );
-        assert_eq!(lanes.lease(&a, 100), Lease::Held);
+        assert_eq!(lanes.lease(&a, 100, true), Lease::Held);
         assert_eq!(lanes.next_to_move(&a), None);
         assert!(lanes.try_unpark(&a, lanes.moves(&a)));
         assert_eq!(
@@ -284,7 +302,13 @@ mod tests {
         );
         assert_eq!(lanes.unparked(&a), (vec![100], Some(6)));
         assert_eq!(lanes.arrive(&a, 7), Arrival::Queued, "behind 6, direct");
-        assert_eq!(lanes.lease(&a, 101), Lease::Stale(101));
+        assert_eq!(lanes.lease(&a, 101, true), Lease::Stale(101));
+        assert_eq!(
+            lanes.lease(&a, 102, false),
+            Lease::Held,
+            "asked about: held"
+        );
+        assert_eq!(lanes.take_leases(&a), vec![102]);
         assert_eq!(lanes.next(&a), Some(7));
         assert_eq!(lanes.next(&a), None);
     }
@@ -293,7 +317,12 @@ mod tests {
     fn a_lease_for_an_idle_lane_parks_it() {
         let lanes = Lanes::default();
         let a = key("A");
-        assert_eq!(lanes.lease(&a, 100), Lease::Adopted);
+        assert_eq!(
+            lanes.lease(&a, 99, true),
+            Lease::Stale(99),
+            "known: not parked"
+        );
+        assert_eq!(lanes.lease(&a, 100, false), Lease::Adopted);
         assert_eq!(lanes.arrive(&a, 1), Arrival::Move(1));
         assert_eq!(lanes.next_to_move(&a), None);
         assert!(lanes.try_unpark(&a, 0));

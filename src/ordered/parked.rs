@@ -44,7 +44,7 @@ impl Feed {
                 Asked::Parked
             }
             Err(e) => {
-                tracing::error!(partition = part.index, error = %e, "could not ask whether a key is parked; its events wait for the next session");
+                self.fail(part, &format!("could not ask whether a key is parked: {e}"));
                 Asked::Failed
             }
         }
@@ -60,10 +60,13 @@ impl Feed {
         head: Option<Delivery>,
     ) {
         let queue = park::queue(&self.out.topology, part.index, &lane);
+        // Parked first: the lease may come back at once, and must find the lane parked.
+        let rest = part.lanes.park(&lane);
+        self.waiting(&lane).sub(rest.len() as i64);
         if head.is_some() {
             let out = &self.out;
-            // The lease first: from now on the partition leads to the park queue, whatever
-            // happens next.
+            // The lease, then the queue: from now on the partition leads to the park queue,
+            // whatever happens next.
             let ready = match park::lease(&out.publisher, &out.topology, part.index, &lane).await {
                 Ok(()) => park::declare(&part.park_channel, &out.topology, part.index, &queue)
                     .await
@@ -71,10 +74,7 @@ impl Feed {
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = ready {
-                tracing::error!(partition = part.index, error = %e, "could not park a key; its events wait for the next session");
-                let rest = self.lanes.abandon(&lane);
-                self.waiting(&lane).sub(rest.len() as i64);
-                return;
+                return self.fail(&part, &format!("could not park a key: {e}"));
             }
             tracing::info!(partition = part.index, profile = %lane.0, queue = %queue, "a waiting key holds more than its share of the window: parked");
             self.dispatcher
@@ -83,8 +83,6 @@ impl Feed {
                 .with_label_values(&[self.parked_label(&lane)])
                 .inc();
         }
-        let rest = self.lanes.park(&lane);
-        self.waiting(&lane).sub(rest.len() as i64);
         for d in head.into_iter().chain(rest) {
             if !self.move_one(&part, &lane, &queue, d).await {
                 return;
@@ -104,7 +102,7 @@ impl Feed {
     }
 
     async fn move_arrivals(&self, part: &Part, lane: &LaneKey, queue: &str) {
-        while let Some(d) = self.lanes.next_to_move(lane) {
+        while let Some(d) = part.lanes.next_to_move(lane) {
             self.waiting(lane).dec();
             if !self.move_one(part, lane, queue, d).await {
                 return;
@@ -116,24 +114,24 @@ impl Feed {
     /// it could not be moved (shutdown, or the broker refused): it stays unacknowledged, and
     /// so does everything after it, until the channel closes.
     async fn move_one(&self, part: &Part, lane: &LaneKey, queue: &str, d: Delivery) -> bool {
-        if self.dispatcher.shutdown.is_cancelled() {
+        if self.stopped() {
             return false;
         }
         match park::moved(&self.out.publisher, queue, &d.data, d.properties.clone()).await {
             Ok(true) => {
                 self.ack(part, &d).await;
-                self.lanes.moved(lane);
+                part.lanes.moved(lane);
                 true
             }
             Ok(false) => {
-                tracing::error!(
-                    queue,
-                    "a park queue is gone; the key's events wait for the next session"
-                );
+                self.fail(part, &format!("park queue {queue} is gone"));
                 false
             }
             Err(e) => {
-                tracing::error!(queue, error = %e, "could not move an event to its key's park queue; the key's events wait for the next session");
+                self.fail(
+                    part,
+                    &format!("could not move an event to park queue {queue}: {e}"),
+                );
                 false
             }
         }
@@ -149,8 +147,7 @@ impl Feed {
         let mut consumer = match park::consume(&part.park_channel, &queue).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(queue, error = %e, "could not read a park queue; it is drained in the next session");
-                return;
+                return self.fail(&part, &format!("could not consume park queue {queue}: {e}"));
             }
         };
         // The probe on its way through the queue: its id, and the moves it comes after.
@@ -158,24 +155,24 @@ impl Feed {
         loop {
             let next = tokio::select! {
                 biased;
-                () = d.shutdown.cancelled() => return,
+                () = d.shutdown.cancelled() => return part.keep(consumer),
+                () = self.over.cancelled() => return part.keep(consumer),
                 next = consumer.next() => next,
                 () = tokio::time::sleep(IDLE), if probe.is_none() => {
                     let id = uuid::Uuid::new_v4().simple().to_string();
-                    let moves = self.lanes.moves(&lane);
+                    let moves = part.lanes.moves(&lane);
                     if let Err(e) = park::probe(&out.publisher, &queue, &id).await {
-                        tracing::warn!(queue, error = %e, "could not probe a park queue; it is drained in the next session");
-                        return;
+                        self.fail(&part, &format!("could not probe park queue {queue}: {e}"));
+                        return part.keep(consumer);
                     }
                     probe = Some((id, moves));
                     continue;
                 }
             };
             let Some(Ok(delivery)) = next else {
-                tracing::warn!(
-                    queue,
-                    "a park queue's consumer ended; it is drained in the next session"
-                );
+                if !self.stopped() {
+                    self.fail(&part, &format!("the consumer of park queue {queue} ended"));
+                }
                 return;
             };
             part.park_acks.received(delivery.delivery_tag);
@@ -189,7 +186,7 @@ impl Feed {
                 let Some((_, moves)) = probe.take_if(|(ours, _)| Some(ours.as_str()) == id) else {
                     continue;
                 };
-                if self.lanes.try_unpark(&lane, moves) {
+                if part.lanes.try_unpark(&lane, moves) {
                     return self.unpark(&part, lane, &queue, consumer.tag()).await;
                 }
                 continue;
@@ -203,7 +200,13 @@ impl Feed {
             if !matches!(end, super::OrderedEnd::Settled) {
                 // Left unacknowledged (shutdown, a refused settlement): it goes back to the
                 // park queue's head when the channel closes.
-                return;
+                if !self.stopped() {
+                    self.fail(
+                        &part,
+                        &format!("an event of park queue {queue} was not settled"),
+                    );
+                }
+                return part.keep(consumer);
             }
         }
     }
@@ -222,11 +225,10 @@ impl Feed {
             .basic_cancel(tag, lapin::options::BasicCancelOptions::default())
             .await;
         if let Err(e) = park::delete(ch, queue).await {
-            tracing::warn!(queue, error = %e, "could not delete an emptied park queue; the key waits for the next session");
-            return;
+            return self.fail(part, &format!("could not delete park queue {queue}: {e}"));
         }
         part.know(&lane);
-        let (leases, next) = self.lanes.unparked(&lane);
+        let (leases, next) = part.lanes.unparked(&lane);
         for lease in &leases {
             self.ack(part, lease).await;
         }

@@ -13,6 +13,7 @@ use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use prometheus::IntGauge;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::lanes::{Arrival, Lease};
@@ -92,6 +93,11 @@ pub struct Part {
     parked_somewhere: AtomicBool,
     /// Lanes known not to be parked: asked about, or unparked, in this session.
     known: Mutex<HashSet<LaneKey>>,
+    /// This partition's lanes (its own: a lane's acks belong to its partition's channel).
+    pub lanes: Lanes,
+    /// Park queue consumers that stopped while they may hold an event: kept until the
+    /// channel closes, since dropping one would cancel it (and hand its queue over).
+    pub(super) kept: Mutex<Vec<Consumer>>,
 }
 
 impl Part {
@@ -105,6 +111,8 @@ impl Part {
             park_acks: Acks::singles(),
             parked_somewhere: AtomicBool::new(true),
             known: Mutex::default(),
+            lanes: Lanes::default(),
+            kept: Mutex::default(),
         }
     }
 
@@ -131,9 +139,12 @@ impl Part {
 pub struct Feed {
     pub dispatcher: Arc<Dispatcher>,
     pub out: Arc<Outlet>,
-    pub lanes: Arc<Lanes>,
     pub memory: Arc<Attempts>,
     pub tracker: TaskTracker,
+    /// Cancelled when the session ends, and by a partition's task that cannot go on without
+    /// risking its keys' order (the session then ends as lost, and its channels' closing
+    /// gives every unsettled event back to the broker, in its place).
+    pub over: CancellationToken,
 }
 
 impl Feed {
@@ -146,10 +157,19 @@ impl Feed {
     pub async fn run(self: Arc<Self>, part: Arc<Part>, mut consumer: Consumer) {
         let mut held = Vec::new();
         let mut asked = false;
-        while let Some(Ok(delivery)) = consumer.next().await {
+        // The consumer is dropped only once its channel is closed: dropping it cancels it,
+        // and a cancel hands the partition to the next replica while this one still holds
+        // events (see the module doc).
+        loop {
+            let Some(Ok(delivery)) = consumer.next().await else {
+                if !self.stopped() {
+                    self.fail(&part, "its consumer ended");
+                }
+                break;
+            };
             // Open until settled, so that no `multiple` ack ever covers it.
             part.acks.received(delivery.delivery_tag);
-            if self.dispatcher.shutdown.is_cancelled() {
+            if self.stopped() {
                 held.push(delivery);
                 continue;
             }
@@ -167,7 +187,8 @@ impl Feed {
             }
             let lane = lane_of(&delivery);
             if park::is_marked(&delivery.properties, park::LEASE) {
-                match self.lanes.lease(&lane, delivery) {
+                let known = !part.must_ask(&lane);
+                match part.lanes.lease(&lane, delivery, known) {
                     Lease::Held => {}
                     Lease::Stale(lease) => self.ack(&part, &lease).await,
                     Lease::Adopted => {
@@ -181,15 +202,14 @@ impl Feed {
                                 let (me, part) = (self.clone(), part.clone());
                                 self.tracker.spawn(me.drain(part, lane));
                             }
-                            Err(e) => {
-                                tracing::error!(queue, error = %e, "could not declare a park queue to drain it; the key's events wait for the next session")
-                            }
+                            Err(e) => self
+                                .fail(&part, &format!("could not declare park queue {queue}: {e}")),
                         }
                     }
                 }
                 continue;
             }
-            match self.lanes.arrive(&lane, delivery) {
+            match part.lanes.arrive(&lane, delivery) {
                 Arrival::Process(head) => self.spawn_lane(&part, lane, head),
                 Arrival::Move(first) => {
                     let (me, part) = (self.clone(), part.clone());
@@ -216,24 +236,22 @@ impl Feed {
                 match self.ask(&part, &lane, delivery).await {
                     Asked::Direct(delivery) => {
                         part.know(&lane);
+                        for lease in part.lanes.take_leases(&lane) {
+                            self.ack(&part, &lease).await;
+                        }
                         next = Some(*delivery);
                         continue;
                     }
                     Asked::Parked => return self.park(part, lane, None).await,
-                    Asked::Failed => {
-                        // Nothing of the key may go before the answer: it all stays
-                        // unacknowledged until the channel closes.
-                        let rest = self.lanes.abandon(&lane);
-                        self.waiting(&lane).sub(rest.len() as i64);
-                        return;
-                    }
+                    // Nothing of the key may go before the answer; the session ends.
+                    Asked::Failed => return,
                 }
             }
             d.metrics.inflight.inc();
             let settler = self.out.settler(&d.settle_backoff, &d.shutdown, &part.acks);
             let parking = Parking {
                 window: &part.window,
-                lanes: &self.lanes,
+                lanes: &part.lanes,
                 lane: &lane,
             };
             let end = d
@@ -244,11 +262,11 @@ impl Feed {
                 OrderedEnd::Settled if d.shutdown.is_cancelled() => {
                     // The rest stays unacknowledged and returns, in its place, when the
                     // channel closes.
-                    let rest = self.lanes.abandon(&lane);
+                    let rest = part.lanes.abandon(&lane);
                     self.waiting(&lane).sub(rest.len() as i64);
                 }
                 OrderedEnd::Settled => {
-                    next = self.lanes.next(&lane);
+                    next = part.lanes.next(&lane);
                     if next.is_some() {
                         self.waiting(&lane).dec();
                     }
@@ -260,7 +278,7 @@ impl Feed {
                     // At shutdown (or with the channel gone) the head is still held: a nack
                     // now would put the rest ahead of it, so they stay unacknowledged and
                     // return with it, in their places, when the channel closes.
-                    let rest = self.lanes.abandon(&lane);
+                    let rest = part.lanes.abandon(&lane);
                     self.waiting(&lane).sub(rest.len() as i64);
                     if d.shutdown.is_cancelled() {
                         continue;
@@ -281,6 +299,29 @@ impl Feed {
         }
     }
 
+    /// Shutdown, or the session is over: nothing more is started.
+    pub(super) fn stopped(&self) -> bool {
+        self.dispatcher.shutdown.is_cancelled() || self.over.is_cancelled()
+    }
+
+    /// A partition's task cannot go on without risking its keys' order: end the session.
+    pub(super) fn fail(&self, part: &Part, why: &str) {
+        tracing::error!(
+            partition = part.index,
+            "ordered delivery: {why}; the session ends and every unsettled event goes back to the broker in its place"
+        );
+        self.over.cancel();
+    }
+
+    /// The session ended: what still waited in the lanes of `parts` no longer counts.
+    pub fn clear(&self, parts: &[Arc<Part>]) {
+        for part in parts {
+            for (lane, n) in part.lanes.clear() {
+                self.waiting(&lane).sub(n as i64);
+            }
+        }
+    }
+
     /// `ordered_waiting{profile}` of the lane's profile (`(none)` for one not configured).
     pub(super) fn waiting(&self, lane: &LaneKey) -> IntGauge {
         let d = &self.dispatcher;
@@ -288,5 +329,12 @@ impl Feed {
             Some(ep) => ep.metrics.ordered_waiting().clone(),
             None => d.metrics.unprofiled_waiting(),
         }
+    }
+}
+
+impl Part {
+    /// Keep a park queue's consumer until the channel closes (see [`Part::kept`]).
+    pub(super) fn keep(&self, consumer: Consumer) {
+        self.kept.lock().expect("kept lock").push(consumer);
     }
 }

@@ -88,9 +88,9 @@ impl Supervisor {
         let feed = Arc::new(Feed {
             dispatcher: d.clone(),
             out: out.clone(),
-            lanes: Arc::default(),
             memory: self.ordered_attempts.clone(),
             tracker: tracker.clone(),
+            over: CancellationToken::new(),
         });
         // Each consuming channel's acks, batched (see `amqp::acks`); stopped after the drain
         // so that the last ones go out before the channels close.
@@ -108,8 +108,10 @@ impl Supervisor {
         };
         let acks = batcher(Acks::transactional(channel.clone()));
         let mut ordered = Vec::with_capacity(partitions.len());
+        let mut parts = Vec::with_capacity(partitions.len());
         for p in partitions {
             let part = Arc::new(Part::new(&p, batcher(Acks::default())));
+            parts.push(part.clone());
             tokio::spawn(feed.clone().run(part, p.consumer));
             // The park channel first: nothing depends on the order (a park queue has a
             // single active consumer too), but its events are the older ones of their keys.
@@ -120,6 +122,7 @@ impl Supervisor {
             let next = tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break End::Shutdown,
+                () = feed.over.cancelled() => break End::Lost("an ordered partition failed".into()),
                 event = publisher_events.next() => {
                     match event {
                         Some(lapin::Event::Error(e)) => break End::Lost(format!("publisher connection: {e}")),
@@ -164,7 +167,10 @@ impl Supervisor {
                 acks: (&acks_stop, acking),
             };
             self.drain(consuming, &tracker).await;
+            feed.clear(&parts);
         } else {
+            // Parking stops: nothing more is moved, asked or drained in this session.
+            feed.over.cancel();
             // The partitions' consumers would go on serving their queues on this connection
             // (single active consumer: the next session's would stay standbys): their
             // channels close, and their unsettled events go back to the queue in their
@@ -181,6 +187,7 @@ impl Supervisor {
             tokio::spawn(async move {
                 tracker.wait().await;
                 stop.cancel();
+                feed.clear(&parts);
             });
         }
         Ok(end)

@@ -140,11 +140,20 @@ impl Env {
 
     /// The work queue's (messages ready, consumers), from a passive declare.
     pub async fn queue_counts(&self) -> (u32, u32) {
+        self.counts_of(&self.queue.clone()).await
+    }
+
+    /// Ordered partition `i`'s (messages ready, consumers).
+    pub async fn partition_counts(&self, i: u16) -> (u32, u32) {
+        self.counts_of(&format!("{}.ordered.{i}", self.queue)).await
+    }
+
+    async fn counts_of(&self, queue: &str) -> (u32, u32) {
         let conn = self.connect().await;
         let ch = conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
-                self.queue.as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()

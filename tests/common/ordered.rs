@@ -84,6 +84,11 @@ pub fn ordered_file(env: &Env, partitions: u32, retry: Retry, profile: Profile) 
 /// Whether `key`'s park queue (profile `profile`, partition `i`) exists, from a passive
 /// declare on a channel of its own.
 pub async fn park_queue_exists(env: &Env, i: u16, profile: &str, key: &str) -> bool {
+    park_queue_ready(env, i, profile, key).await.is_some()
+}
+
+/// The messages ready in `key`'s park queue, if it exists.
+pub async fn park_queue_ready(env: &Env, i: u16, profile: &str, key: &str) -> Option<u32> {
     let topology = callback_dispatcher::amqp::Topology {
         exchange: env.queue.clone(),
         queue: env.queue.clone(),
@@ -105,5 +110,5 @@ pub async fn park_queue_exists(env: &Env, i: u16, profile: &str, key: &str) -> b
         )
         .await;
     let _ = conn.close(200, "".into()).await;
-    declared.is_ok()
+    declared.ok().map(|q| q.message_count())
 }
