@@ -61,8 +61,6 @@ pub struct Metrics {
     pub receipts_failed: IntCounter,
     /// Ordered events held behind an unsettled one of the same key (SPEC section 15).
     pub ordered_waiting: IntGaugeVec,
-    /// Keys parked because their waiting head held more than their share of the window.
-    pub ordered_parked: IntCounterVec,
     /// Operator events (SPEC section 14): the changes these metrics show, also told as
     /// events when `receipts.exchange` is set.
     pub notices: Notices,
@@ -173,11 +171,6 @@ impl Metrics {
                 &["profile"],
             )
             .unwrap(),
-            ordered_parked: counter_vec(
-                "ordered_parked_total",
-                "Ordered keys parked: their head waited and they held more than their share of their partition's window, so their events moved to a park queue of their own.",
-                &["profile"],
-            ),
             notices: Notices::default(),
             proxy_errors: counter_vec(
                 "proxy_errors_total",
@@ -206,7 +199,6 @@ impl Metrics {
             (Box::new(m.settle_failures.clone()), "counter"),
             (Box::new(m.receipts_failed.clone()), "counter"),
             (Box::new(m.ordered_waiting.clone()), "gauge"),
-            (Box::new(m.ordered_parked.clone()), "counter"),
             (Box::new(m.proxy_errors.clone()), "counter"),
             (Box::new(crate::trace::spans_dropped().clone()), "counter"),
         ];

@@ -77,11 +77,6 @@ impl Feed {
                 return self.fail(&part, &format!("could not park a key: {e}"));
             }
             tracing::info!(partition = part.index, profile = %lane.0, queue = %queue, "a waiting key holds more than its share of the window: parked");
-            self.dispatcher
-                .metrics
-                .ordered_parked
-                .with_label_values(&[self.parked_label(&lane)])
-                .inc();
         }
         for d in head.into_iter().chain(rest) {
             if !self.move_one(&part, &lane, &queue, d).await {
@@ -235,14 +230,6 @@ impl Feed {
         if let Some(head) = next {
             self.waiting(&lane).dec();
             self.spawn_lane(part, lane, head);
-        }
-    }
-
-    /// The `profile` label of a lane: its profile when configured, `(none)` otherwise.
-    fn parked_label<'a>(&self, lane: &'a LaneKey) -> &'a str {
-        match self.dispatcher.registry.load().endpoint(&lane.0) {
-            Some(_) => &lane.0,
-            None => crate::metrics::NO_PROFILE,
         }
     }
 
