@@ -141,6 +141,11 @@ impl Acks {
         }
     }
 
+    /// How many deliveries of the channel are open.
+    pub fn open(&self) -> usize {
+        self.state.lock().expect("acks lock").open.len()
+    }
+
     /// A delivery arrived on the channel: it is open until settled or released.
     pub fn received(&self, tag: u64) {
         let mut s = self.state.lock().expect("acks lock");

@@ -75,12 +75,15 @@ pub struct Parking<'a> {
     pub window: &'a park::Window,
     pub lanes: &'a Lanes,
     pub lane: &'a LaneKey,
+    /// The partition channel's acks: how many of its deliveries are open.
+    pub acks: &'a crate::amqp::Acks,
 }
 
 impl Parking<'_> {
-    /// The lane, its head included, holds more than its share of the window.
+    /// The partition's window is full (the broker sends it nothing more) and the lane, its
+    /// head included, holds more than its share of it.
     pub fn due(&self) -> bool {
-        self.window.over(1 + self.lanes.queued(self.lane))
+        self.window.full(self.acks.open()) && self.window.over(1 + self.lanes.queued(self.lane))
     }
 }
 
@@ -94,6 +97,9 @@ pub enum InPlace {
 
 /// How often a waiting head checks whether its lane is due for parking.
 const PARK_CHECK: Duration = Duration::from_millis(250);
+/// How long a head waits before its lane may be parked: a deferral for a moment (a busy
+/// slot) does not move a key to a queue of its own.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Wait until `until` in place; with `parking`, give up as soon as the lane is due for
 /// parking, the head counted as waiting in its partition's window meanwhile.
@@ -103,8 +109,9 @@ pub async fn wait_in_place(
     shutdown: &CancellationToken,
 ) -> InPlace {
     let _waiting = parking.map(|p| p.window.wait());
+    let waiting_since = Instant::now();
     loop {
-        if parking.is_some_and(Parking::due) {
+        if waiting_since.elapsed() >= PARK_AFTER && parking.is_some_and(Parking::due) {
             return InPlace::Park;
         }
         let left = until.saturating_duration_since(Instant::now());

@@ -77,6 +77,11 @@ impl Window {
         Waiting(self)
     }
 
+    /// Whether `open` deliveries fill the window.
+    pub fn full(&self, open: usize) -> bool {
+        open >= self.size
+    }
+
     /// Whether a waiting lane holding `held` events (its head included) holds more than its
     /// share.
     pub fn over(&self, held: usize) -> bool {
@@ -253,6 +258,7 @@ mod tests {
             }
         }
         let w = Window::new(32);
+        assert!(!w.full(31) && w.full(32));
         let g = w.wait();
         assert!(!w.over(16) && w.over(17));
         let g2 = w.wait();

@@ -253,6 +253,7 @@ impl Feed {
                 window: &part.window,
                 lanes: &part.lanes,
                 lane: &lane,
+                acks: &part.acks,
             };
             let end = d
                 .handle_ordered(&settler, delivery, &self.memory, Some(&parking))
