@@ -1,8 +1,10 @@
 //! Parking: a waiting key's events leave the partition's window for a queue of their own.
 //!
 //! A key whose head waits (a retry's back-off, a deferral) keeps its later events in memory,
-//! unacknowledged, in the partition's prefetch window. Past its fair share of that window
-//! ([`Window::over`]) the whole lane, head included, is moved to its **park queue**
+//! unacknowledged, in the partition's prefetch window. When the head has waited a second,
+//! the window is full ([`Window::full`]: the broker sends the partition nothing more) and
+//! the lane holds more than its fair share of it ([`Window::over`]), the whole lane, head
+//! included, is moved to its **park queue**
 //! `<queue>.ordered.<i>.parked.<hash of profile and key>` (quorum, durable), and the key's
 //! later arrivals follow it there, each published with a confirm before it is acked on the
 //! partition. The partition's consumer reads a park queue one event at a time
