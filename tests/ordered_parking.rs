@@ -1,6 +1,6 @@
 //! Parking (SPEC section 15, docs/events.md "Memory and the window"): a key whose head waits
 //! holds at most its share of its partition's window; the rest of it moves to a queue of its
-//! own, in order, so the partition's other keys go on; across a kill -9 too.
+//! own, in order, so the partition's other keys go on; across a kill -9 and a rolling restart too.
 
 mod common;
 
@@ -116,22 +116,34 @@ async fn a_waiting_key_is_parked_and_the_other_keys_go_on() {
 /// the queue by asking with A's next event.
 #[tokio::test]
 async fn a_parked_key_keeps_its_order_across_a_kill_9_while_it_is_parked() {
-    killed_while_parked("parkkill", |ready| ready.is_some()).await;
+    killed_while_parked("parkkill", |ready| ready.is_some(), Going::Killed).await;
+}
+
+/// A rolling restart while A is parked: the stopping replica finishes what is in flight and
+/// closes its channels; the other one goes on from A's park queue.
+#[tokio::test]
+async fn a_parked_key_keeps_its_order_across_a_rolling_restart() {
+    killed_while_parked("parkterm", |ready| ready >= Some(39), Going::Stopped).await;
+}
+
+enum Going {
+    Killed,
+    Stopped,
 }
 
 /// Killed once every event of A is in its park queue: nothing of A is left on the partition
 /// but its lease, which leads the next replica to the queue.
 #[tokio::test]
 async fn a_parked_key_with_nothing_left_on_its_partition_is_found_by_its_lease() {
-    killed_while_parked("parklease", |ready| ready >= Some(39)).await;
+    killed_while_parked("parklease", |ready| ready >= Some(39), Going::Killed).await;
 }
 
-async fn killed_while_parked(tag: &str, kill_when: fn(Option<u32>) -> bool) {
+async fn killed_while_parked(tag: &str, kill_when: fn(Option<u32>) -> bool, going: Going) {
     let env = Env::new(tag);
     let receiver = receiver(3).await;
     let file = setup(&env, &receiver);
     env.config(&file);
-    let first = Process::spawn(&file, "info");
+    let mut first = Process::spawn(&file, "info");
     first.wait_ready().await;
     let second = Process::spawn(&file, "info");
     second.wait_ready().await;
@@ -140,7 +152,14 @@ async fn killed_while_parked(tag: &str, kill_when: fn(Option<u32>) -> bool) {
         kill_when(park_queue_ready(&env, 0, "o", "A").await)
     })
     .await;
-    drop(first);
+    match going {
+        Going::Killed => drop(first),
+        Going::Stopped => {
+            first.signal("TERM");
+            let status = first.child.wait().unwrap();
+            assert!(status.success(), "{status}: {}", first.logs());
+        }
+    }
     let deadline = std::time::Instant::now() + secs(90);
     while first_successes(&receiver)
         .0
