@@ -252,45 +252,13 @@ enum Going {
 async fn handover(tag: &str, going: Going) -> Vec<u32> {
     use futures_util::StreamExt;
     use lapin::options::{
-        BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions,
     };
-    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::types::FieldTable;
 
     let env = Env::new(tag);
     let queue = env.queue.as_str();
-    let conn = env.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum"));
-    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    for i in 1..=10 {
-        ch.basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            format!("{i}").as_bytes(),
-            lapin::BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
+    let conn = quorum_queue(&env, 10, true).await;
     let consume = |tag: &'static str| {
         let conn = &conn;
         async move {
@@ -349,45 +317,13 @@ async fn handover(tag: &str, going: Going) -> Vec<u32> {
 async fn a_closed_channel_returns_its_unacked_messages_in_order() {
     use futures_util::StreamExt;
     use lapin::options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions,
     };
-    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::types::FieldTable;
 
     let env = Env::new("qqreturn");
     let queue = env.queue.as_str();
-    let conn = env.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum"));
-    // Gone a minute after its last use, even if this test fails before deleting it.
-    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    for i in 1..=20 {
-        ch.basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            format!("{i}").as_bytes(),
-            lapin::BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
+    let conn = quorum_queue(&env, 20, false).await;
 
     // Take `n` messages on a fresh channel with this prefetch; ack those `ack` picks, leave
     // the rest unacknowledged, then close the channel. Returns (body, redelivered).
@@ -444,4 +380,48 @@ async fn a_closed_channel_returns_its_unacked_messages_in_order() {
         .await
         .unwrap();
     conn.close(200, "".into()).await.unwrap();
+}
+
+/// The test's queue as a quorum queue (with a single active consumer or not) holding the
+/// bodies "1" to "n", persistent and confirmed; the connection it was made on.
+async fn quorum_queue(env: &Env, n: u32, single_active: bool) -> lapin::Connection {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let conn = env.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    if single_active {
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
+    // Gone a minute after its last use, even if the test fails before deleting it.
+    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    ch.queue_declare(
+        env.queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 1..=n {
+        ch.basic_publish(
+            "".into(),
+            env.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            format!("{i}").as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    conn
 }

@@ -68,6 +68,26 @@ fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
+/// A durable exchange of this kind.
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), TopologyError> {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(wrap("exchange", name))
+}
+
 fn wrap(what: &'static str, name: &str) -> impl FnOnce(lapin::Error) -> TopologyError {
     let name = name.to_owned();
     move |source: lapin::Error| match source.kind() {
@@ -129,18 +149,7 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(wrap("exchange", &self.exchange))?;
+        declare_exchange(channel, &self.exchange, ExchangeKind::Direct).await?;
         channel
             .queue_declare(
                 self.queue.as_str().into(),
@@ -202,19 +211,7 @@ impl Topology {
                 }
                 _ => wrap("exchange", &exchange)(e),
             })?;
-        let parked = self.park_exchange();
-        channel
-            .exchange_declare(
-                parked.as_str().into(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(wrap("exchange", &parked))?;
+        declare_exchange(channel, &self.park_exchange(), ExchangeKind::Direct).await?;
         for i in 0..self.partitions {
             let queue = self.partition_queue(i);
             channel
@@ -252,18 +249,7 @@ impl Topology {
         receipts: &ReceiptsConfig,
     ) -> Result<(), TopologyError> {
         let exchange = receipts.exchange.as_str();
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(wrap("exchange", exchange))?;
+        declare_exchange(channel, exchange, ExchangeKind::Topic).await?;
         let Some(keep) = receipts.log else {
             return Ok(());
         };
