@@ -71,8 +71,9 @@ impl Dispatcher {
         delivery: Delivery,
         memory: &Attempts,
         parking: Option<&Parking<'_>>,
+        stop: &CancellationToken,
     ) -> OrderedEnd {
-        self.process(settler, delivery, Some((memory, parking)))
+        self.process(settler, delivery, Some((memory, parking, stop)))
             .await
     }
 
@@ -80,7 +81,7 @@ impl Dispatcher {
         &self,
         settler: &Settler<'_>,
         mut delivery: Delivery,
-        ordered: Option<(&Attempts, Option<&Parking<'_>>)>,
+        ordered: Option<(&Attempts, Option<&Parking<'_>>, &CancellationToken)>,
     ) -> OrderedEnd {
         let started = Instant::now();
         self.metrics.events_consumed.inc();
@@ -131,11 +132,11 @@ impl Dispatcher {
                     age: Duration::ZERO,
                 },
             };
-            if let Some((memory, _)) = ordered {
+            if let Some((memory, _, stop)) = ordered {
                 facts.attempts_before = facts.attempts_before.max(memory.get(event_id));
                 // A head parked in the middle of its wait waits out the rest first.
                 if let Some(until) = memory.until(event_id)
-                    && let InPlace::Shutdown = wait_in_place(until, None, &self.shutdown).await
+                    && let InPlace::Stopped = wait_in_place(until, None, stop).await
                 {
                     return OrderedEnd::Left;
                 }
@@ -158,7 +159,7 @@ impl Dispatcher {
                     &snapshot.delays_ms,
                     rand::random::<f64>(),
                 );
-                let Some((memory, parking)) = ordered else {
+                let Some((memory, parking, stop)) = ordered else {
                     break settlement;
                 };
                 // An ordered event's retry or deferral waits here.
@@ -180,9 +181,9 @@ impl Dispatcher {
                     _ => break settlement,
                 };
                 let until = Instant::now() + Duration::from_millis(wait).min(ORDERED_MAX_WAIT);
-                match wait_in_place(until, parking, &self.shutdown).await {
+                match wait_in_place(until, parking, stop).await {
                     InPlace::Waited => {}
-                    InPlace::Shutdown => return OrderedEnd::Left,
+                    InPlace::Stopped => return OrderedEnd::Left,
                     InPlace::Park => {
                         memory.hold_until(event_id, until);
                         delivery.data = body.to_vec();
@@ -207,7 +208,7 @@ impl Dispatcher {
                 Ok(()) => {
                     self.count(endpoint, &settlement);
                     log_settled(&settlement, started.elapsed());
-                    if let Some((memory, _)) = ordered {
+                    if let Some((memory, ..)) = ordered {
                         memory.forget(event_id);
                     }
                     OrderedEnd::Settled

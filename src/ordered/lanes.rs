@@ -39,6 +39,8 @@ struct Lane<T> {
     leases: Vec<T>,
     /// Events moved to the park queue so far.
     moves: u64,
+    /// The lane's worker is asking whether the key has a park queue.
+    asking: bool,
 }
 
 impl<T> Lane<T> {
@@ -49,6 +51,7 @@ impl<T> Lane<T> {
             mover: false,
             leases: Vec::new(),
             moves: 0,
+            asking: false,
         }
     }
 }
@@ -162,8 +165,8 @@ impl<T> Lanes<T> {
         self.lock().get(lane).map_or(0, |l| l.moves)
     }
 
-    /// A lease of `lane` arrived; `known`: the lane is known not to be parked (asked about,
-    /// or unparked, in this session).
+    /// A lease of `lane` arrived; `known`: an idle lane is known not to be parked (asked
+    /// about, or unparked, in this session).
     pub fn lease(&self, lane: &LaneKey, lease: T, known: bool) -> Lease<T> {
         let mut lanes = self.lock();
         match lanes.get_mut(lane) {
@@ -174,7 +177,8 @@ impl<T> Lanes<T> {
                 lanes.insert(lane.clone(), l);
                 Lease::Adopted
             }
-            Some(l) if l.mode == Mode::Direct && known => Lease::Stale(lease),
+            // Processed directly, and not asking about a park queue: none exists.
+            Some(l) if l.mode == Mode::Direct && !l.asking => Lease::Stale(lease),
             Some(l) => {
                 l.leases.push(lease);
                 Lease::Held
@@ -182,11 +186,21 @@ impl<T> Lanes<T> {
         }
     }
 
-    /// The leases a direct lane held while it was asked about: stale, since it is not parked.
-    pub fn take_leases(&self, lane: &LaneKey) -> Vec<T> {
+    /// The lane's worker asks whether the key has a park queue: leases are held meanwhile.
+    pub fn asking(&self, lane: &LaneKey) {
+        if let Some(l) = self.lock().get_mut(lane) {
+            l.asking = true;
+        }
+    }
+
+    /// The answer was no: the leases held meanwhile are stale.
+    pub fn asked(&self, lane: &LaneKey) -> Vec<T> {
         self.lock()
             .get_mut(lane)
-            .map(|l| std::mem::take(&mut l.leases))
+            .map(|l| {
+                l.asking = false;
+                std::mem::take(&mut l.leases)
+            })
             .unwrap_or_default()
     }
 
@@ -302,13 +316,15 @@ mod tests {
         );
         assert_eq!(lanes.unparked(&a), (vec![100], Some(6)));
         assert_eq!(lanes.arrive(&a, 7), Arrival::Queued, "behind 6, direct");
-        assert_eq!(lanes.lease(&a, 101, true), Lease::Stale(101));
+        assert_eq!(lanes.lease(&a, 101, false), Lease::Stale(101));
+        lanes.asking(&a);
         assert_eq!(
             lanes.lease(&a, 102, false),
             Lease::Held,
             "asked about: held"
         );
-        assert_eq!(lanes.take_leases(&a), vec![102]);
+        assert_eq!(lanes.asked(&a), vec![102]);
+        assert_eq!(lanes.lease(&a, 103, false), Lease::Stale(103));
         assert_eq!(lanes.next(&a), Some(7));
         assert_eq!(lanes.next(&a), None);
     }

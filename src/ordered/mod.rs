@@ -90,7 +90,8 @@ impl Parking<'_> {
 /// How a wait in place ended.
 pub enum InPlace {
     Waited,
-    Shutdown,
+    /// Shutdown, or the session ended.
+    Stopped,
     /// Its lane is due for parking ([`Parking::due`]).
     Park,
 }
@@ -106,7 +107,7 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 pub async fn wait_in_place(
     until: Instant,
     parking: Option<&Parking<'_>>,
-    shutdown: &CancellationToken,
+    stop: &CancellationToken,
 ) -> InPlace {
     let _waiting = parking.map(|p| p.window.wait());
     let waiting_since = Instant::now();
@@ -125,7 +126,7 @@ pub async fn wait_in_place(
         };
         tokio::select! {
             () = tokio::time::sleep(step) => {}
-            () = shutdown.cancelled() => return InPlace::Shutdown,
+            () = stop.cancelled() => return InPlace::Stopped,
         }
     }
 }

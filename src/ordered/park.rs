@@ -233,6 +233,8 @@ pub async fn probe(publisher: &Channel, queue: &str, id: &str) -> Result<bool, P
 /// Delete an emptied park queue.
 pub async fn delete(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
     channel
+        // Not `if_empty`: quorum queues refuse it, and with a connection error. Nothing is
+        // in the queue by then (see `drain`'s probe).
         .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await
         .map(|_| ())

@@ -59,6 +59,10 @@ impl Feed {
         lane: LaneKey,
         head: Option<Delivery>,
     ) {
+        if self.stopped() {
+            // Its events stay unacknowledged and go back with the channel.
+            return;
+        }
         let queue = park::queue(&self.out.topology, part.index, &lane);
         // Parked first: the lease may come back at once, and must find the lane parked.
         let rest = part.lanes.park(&lane);
@@ -189,7 +193,7 @@ impl Feed {
             d.metrics.inflight.inc();
             let settler = out.settler(&d.settle_backoff, &d.shutdown, &part.park_acks);
             let end = d
-                .handle_ordered(&settler, delivery, &self.memory, None)
+                .handle_ordered(&settler, delivery, &self.memory, None, &self.over)
                 .await;
             d.metrics.inflight.dec();
             if !matches!(end, super::OrderedEnd::Settled) {

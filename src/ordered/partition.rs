@@ -46,8 +46,8 @@ pub async fn open(
     topology: &Topology,
     prefetch: u16,
     tag: &str,
-) -> Result<Vec<Partition>, lapin::Error> {
-    let mut out = Vec::with_capacity(usize::from(topology.partitions));
+) -> Result<Opened, lapin::Error> {
+    let mut out = Opened(Vec::with_capacity(usize::from(topology.partitions)));
     let prefetch = partition_prefetch(prefetch, topology.partitions);
     for i in 0..topology.partitions {
         let channel = conn.create_channel().await?;
@@ -67,7 +67,7 @@ pub async fn open(
         park_channel
             .basic_qos(1, BasicQosOptions::default())
             .await?;
-        out.push(Partition {
+        out.0.push(Partition {
             index: i,
             channel,
             tag,
@@ -77,6 +77,38 @@ pub async fn open(
         });
     }
     Ok(out)
+}
+
+/// Partitions being consumed, whose consumers must not be dropped while their channels are
+/// open: dropping one cancels it, and a cancel hands the partition to another replica while
+/// this channel still holds events sent ahead (see the module doc). A setup that fails or is
+/// abandoned (its time limit, shutdown) drops this instead: it closes the channels, so the
+/// broker takes the events back in place first, and forgets the consumers.
+pub struct Opened(Vec<Partition>);
+
+impl Opened {
+    /// The partitions, for the session to consume.
+    pub fn take(mut self) -> Vec<Partition> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        for p in self.0.drain(..) {
+            let Partition {
+                channel,
+                park_channel,
+                consumer,
+                ..
+            } = p;
+            std::mem::forget(consumer);
+            tokio::spawn(async move {
+                let _ = channel.close(200, "setup abandoned".into()).await;
+                let _ = park_channel.close(200, "setup abandoned".into()).await;
+            });
+        }
+    }
 }
 
 /// One partition as this session consumes it.
@@ -169,11 +201,7 @@ impl Feed {
             };
             // Open until settled, so that no `multiple` ack ever covers it.
             part.acks.received(delivery.delivery_tag);
-            if self.stopped() {
-                held.push(delivery);
-                continue;
-            }
-            if !asked {
+            if !asked && !self.stopped() {
                 // This session consumes the partition now: does it have parked keys? An
                 // error counts as yes (each key is then asked about).
                 asked = true;
@@ -184,6 +212,11 @@ impl Feed {
                 }
                 part.parked_somewhere
                     .store(any.unwrap_or(true), Ordering::Relaxed);
+            }
+            // Checked after every wait: nothing starts once the session is over.
+            if self.stopped() {
+                held.push(delivery);
+                continue;
             }
             let lane = lane_of(&delivery);
             if park::is_marked(&delivery.properties, park::LEASE) {
@@ -198,6 +231,7 @@ impl Feed {
                         match park::declare(&part.park_channel, &out.topology, part.index, &queue)
                             .await
                         {
+                            Ok(()) if self.stopped() => {}
                             Ok(()) => {
                                 let (me, part) = (self.clone(), part.clone());
                                 self.tracker.spawn(me.drain(part, lane));
@@ -231,12 +265,20 @@ impl Feed {
         let d = &self.dispatcher;
         let mut next = Some(head);
         while let Some(delivery) = next.take() {
+            if self.stopped() {
+                // The session is over: this event and the rest stay unacknowledged and go
+                // back, in their places, with the channel.
+                let rest = part.lanes.abandon(&lane);
+                self.waiting(&lane).sub(rest.len() as i64);
+                return;
+            }
             if part.must_ask(&lane) {
+                part.lanes.asking(&lane);
                 // The key's first event in this session, in a partition with parked keys.
                 match self.ask(&part, &lane, delivery).await {
                     Asked::Direct(delivery) => {
                         part.know(&lane);
-                        for lease in part.lanes.take_leases(&lane) {
+                        for lease in part.lanes.asked(&lane) {
                             self.ack(&part, &lease).await;
                         }
                         next = Some(*delivery);
@@ -256,11 +298,11 @@ impl Feed {
                 acks: &part.acks,
             };
             let end = d
-                .handle_ordered(&settler, delivery, &self.memory, Some(&parking))
+                .handle_ordered(&settler, delivery, &self.memory, Some(&parking), &self.over)
                 .await;
             d.metrics.inflight.dec();
             match end {
-                OrderedEnd::Settled if d.shutdown.is_cancelled() => {
+                OrderedEnd::Settled if self.stopped() => {
                     // The rest stays unacknowledged and returns, in its place, when the
                     // channel closes.
                     let rest = part.lanes.abandon(&lane);
@@ -281,7 +323,7 @@ impl Feed {
                     // return with it, in their places, when the channel closes.
                     let rest = part.lanes.abandon(&lane);
                     self.waiting(&lane).sub(rest.len() as i64);
-                    if d.shutdown.is_cancelled() {
+                    if self.stopped() {
                         continue;
                     }
                     for d in rest {

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Supervisor, bounded};
 use crate::amqp::Acks;
+use crate::ordered::partition::Part;
 
 /// How long the acks of a drain are given to take effect before the channels close.
 const ACK_GRACE: Duration = Duration::from_millis(500);
@@ -29,6 +30,8 @@ pub(super) struct Consuming<'a> {
     pub tag: &'a str,
     /// Each partition's channels (SPEC section 15): its park channel, then its own.
     pub ordered: &'a [Channel],
+    /// The partitions, whose park channels' acks count for the grace below.
+    pub parts: &'a [Arc<Part>],
     /// Stops the channels' ack batchers, which then send what they hold.
     pub acks: (&'a CancellationToken, Vec<Batcher>),
 }
@@ -45,6 +48,7 @@ impl Supervisor {
             publisher,
             tag,
             ordered,
+            parts,
             acks: (acks_stop, acking),
         } = c;
         let limit = self.dispatcher.registry.load().delivery.timeout;
@@ -82,7 +86,14 @@ impl Supervisor {
         // A quorum queue may return deliveries whose acks reached the broker just before
         // their channel closed (rabbitmq-server#10327: the channel still held the settle
         // commands); a settled event would then be sent again by the next consumer.
-        if let Some(last) = batchers.iter().filter_map(|a| a.last_sent()).max() {
+        let parks = parts.iter().map(|p| &p.park_acks);
+        if let Some(last) = batchers
+            .iter()
+            .map(|a| &**a)
+            .chain(parks)
+            .filter_map(Acks::last_sent)
+            .max()
+        {
             tokio::time::sleep_until((last + ACK_GRACE).into()).await;
         }
         bounded("closing the channel", channel.close(200, "shutdown".into())).await;

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -71,6 +72,7 @@ impl Supervisor {
                 Err(_) => return Err(SessionError::Timeout("declaring and starting to consume")),
             },
         };
+        let partitions = partitions.take();
         let mut publisher_events = publisher_conn.events_listener();
         if let Some(r) = &self.receipts {
             r.attach(Some(publisher.clone()));
@@ -90,7 +92,8 @@ impl Supervisor {
             out: out.clone(),
             memory: self.ordered_attempts.clone(),
             tracker: tracker.clone(),
-            over: CancellationToken::new(),
+            // Shutdown ends the session's ordered work too.
+            over: d.shutdown.child_token(),
         });
         // Each consuming channel's acks, batched (see `amqp::acks`); stopped after the drain
         // so that the last ones go out before the channels close.
@@ -109,10 +112,11 @@ impl Supervisor {
         let acks = batcher(Acks::transactional(channel.clone()));
         let mut ordered = Vec::with_capacity(partitions.len());
         let mut parts = Vec::with_capacity(partitions.len());
+        let mut intake = Vec::with_capacity(partitions.len());
         for p in partitions {
             let part = Arc::new(Part::new(&p, batcher(Acks::default())));
             parts.push(part.clone());
-            tokio::spawn(feed.clone().run(part, p.consumer));
+            intake.push(tokio::spawn(feed.clone().run(part, p.consumer)));
             // The park channel first: nothing depends on the order (a park queue has a
             // single active consumer too), but its events are the older ones of their keys.
             ordered.push(p.park_channel);
@@ -164,9 +168,12 @@ impl Supervisor {
                 publisher: &publisher,
                 tag: &tag,
                 ordered: &ordered,
+                parts: &parts,
                 acks: (&acks_stop, acking),
             };
             self.drain(consuming, &tracker).await;
+            // The partitions' intake ends with their channels; then nothing counts any more.
+            bounded("ending the partitions' intake", join_all(intake)).await;
             feed.clear(&parts);
         } else {
             // Parking stops: nothing more is moved, asked or drained in this session.
@@ -187,6 +194,7 @@ impl Supervisor {
             tokio::spawn(async move {
                 tracker.wait().await;
                 stop.cancel();
+                bounded("ending the partitions' intake", join_all(intake)).await;
                 feed.clear(&parts);
             });
         }
