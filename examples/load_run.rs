@@ -121,6 +121,7 @@ enum Consumer {
 }
 
 /// One round's setup: the worker's profiles and the events, in queue order.
+#[derive(Default)]
 struct Load {
     profiles: String,
     /// (profile, message id); ids starting with `m` are measured.
@@ -615,12 +616,7 @@ async fn main() -> anyhow::Result<()> {
         events: measured(&|_| "load".into()),
         prefetch: 256,
         concurrency: 256,
-        receipts: false,
-        partitions: 0,
-        keys: 0,
-        from_start: false,
-        extra: String::new(),
-        lane: false,
+        ..Load::default()
     };
     if scenario == "all" || scenario == "throughput" {
         let (ratio, rate, rss) = bench
@@ -645,11 +641,7 @@ async fn main() -> anyhow::Result<()> {
             prefetch: 256,
             concurrency: 256,
             extra: format!("tracing: {{otlp_endpoint: \"{base}\", sample_ratio: 1.0}}\n"),
-            receipts: false,
-            partitions: 0,
-            keys: 0,
-            from_start: false,
-            lane: false,
+            ..Load::default()
         };
         let (ratio, rate, rss) = bench
             .compare(
@@ -677,12 +669,7 @@ async fn main() -> anyhow::Result<()> {
             events,
             prefetch: 256,
             concurrency: 256,
-            receipts: false,
-            partitions: 0,
-            keys: 0,
-            from_start: false,
-            extra: String::new(),
-            lane: false,
+            ..Load::default()
         };
         let (ratio, rate, _) = bench
             .compare(
@@ -720,24 +707,14 @@ async fn main() -> anyhow::Result<()> {
             events: measured(&|_| "ok".into()),
             prefetch: 64,
             concurrency: 32,
-            receipts: false,
-            partitions: 0,
-            keys: 0,
-            from_start: false,
-            extra: String::new(),
-            lane: false,
+            ..Load::default()
         };
         let beside = Load {
             profiles,
             events,
             prefetch: 64,
             concurrency: 32,
-            receipts: false,
-            partitions: 0,
-            keys: 0,
-            from_start: false,
-            extra: String::new(),
-            lane: false,
+            ..Load::default()
         };
         let (ratio, rate, _) = bench
             .compare(

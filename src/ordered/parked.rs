@@ -154,7 +154,6 @@ impl Feed {
         loop {
             let next = tokio::select! {
                 biased;
-                () = d.shutdown.cancelled() => return part.keep(consumer),
                 () = self.over.cancelled() => return part.keep(consumer),
                 next = consumer.next() => next,
                 () = tokio::time::sleep(IDLE), if probe.is_none() => {

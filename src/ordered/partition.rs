@@ -173,9 +173,10 @@ pub struct Feed {
     pub out: Arc<Outlet>,
     pub memory: Arc<Attempts>,
     pub tracker: TaskTracker,
-    /// Cancelled when the session ends, and by a partition's task that cannot go on without
-    /// risking its keys' order (the session then ends as lost, and its channels' closing
-    /// gives every unsettled event back to the broker, in its place).
+    /// A child of the dispatcher's shutdown token, cancelled too when the session ends and by
+    /// a partition's task that cannot go on without risking its keys' order (the session then
+    /// ends as lost, and its channels' closing gives every unsettled event back to the
+    /// broker, in its place).
     pub over: CancellationToken,
 }
 
@@ -342,9 +343,10 @@ impl Feed {
         }
     }
 
-    /// Shutdown, or the session is over: nothing more is started.
+    /// Shutdown, or the session is over (`over` is a child of shutdown): nothing more is
+    /// started.
     pub(super) fn stopped(&self) -> bool {
-        self.dispatcher.shutdown.is_cancelled() || self.over.is_cancelled()
+        self.over.is_cancelled()
     }
 
     /// A partition's task cannot go on without risking its keys' order: end the session.
